@@ -1,0 +1,110 @@
+"""The GRPO pieces against hand-computed values, and log-probs against transformers' own loss."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sqlm
+
+
+def test_group_advantages_hand_computed():
+    rewards_ = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    valid = torch.ones_like(rewards_, dtype=torch.bool)
+    advantages = sqlm.group_advantages(rewards_, valid)
+    # group 1: mean 0.25, unbiased std = sqrt((0.75^2 + 3 * 0.25^2) / 3) = 0.5
+    expected = torch.tensor([0.75, -0.25, -0.25, -0.25]) / (0.5 + 1e-6)
+    assert torch.allclose(advantages[0], expected)
+    assert torch.equal(advantages[1], torch.zeros(4))  # no variance, no signal
+
+
+def test_group_advantages_ignore_invalid_members():
+    rewards_ = torch.tensor([[1.0, 0.0, 0.0, 5.0]])
+    valid = torch.tensor([[True, True, True, False]])
+    advantages = sqlm.group_advantages(rewards_, valid)
+    mean, std = 1 / 3, math.sqrt(((2 / 3) ** 2 + 2 * (1 / 3) ** 2) / 2)
+    expected = torch.tensor([(1 - mean) / (std + 1e-6), -mean / (std + 1e-6), -mean / (std + 1e-6), 0.0])
+    assert torch.allclose(advantages, expected[None], atol=1e-6)
+    # the inputs are not modified in place
+    assert torch.equal(rewards_, torch.tensor([[1.0, 0.0, 0.0, 5.0]]))
+
+
+def test_grpo_token_loss_hand_computed():
+    old = torch.log(torch.tensor([0.5, 0.5, 0.5, 0.5]))
+    new = torch.log(torch.tensor([0.5, 0.8, 0.2, 0.8]))  # ratios 1.0, 1.6, 0.4, 1.6
+    advantages = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    loss, kl = sqlm.grpo_token_loss(new, old, None, advantages, epsilon=0.2, beta=0.0)
+    # min(r*A, clip(r)*A): r=1.6,A=1 -> 1.2 (clipped); r=0.4,A=-1 -> min(-0.4,-0.8) = -0.8; r=1.6,A=-1 -> -1.6
+    assert torch.allclose(loss, -torch.tensor([1.0, 1.2, -0.8, -1.6]))
+    assert torch.equal(kl, torch.zeros(4))
+
+
+def test_k3_kl_hand_computed():
+    logprobs = torch.log(torch.tensor([0.5, 0.25]))
+    ref = torch.log(torch.tensor([0.25, 0.25]))
+    _, kl = sqlm.grpo_token_loss(logprobs, logprobs, ref, torch.zeros(2), epsilon=0.2, beta=0.1)
+    # k3 = exp(ref - logp) - (ref - logp) - 1: for 0.25/0.5 -> 0.5 - ln 0.5 - 1
+    assert torch.allclose(kl, torch.tensor([0.5 - math.log(0.5) - 1, 0.0]))
+    loss, _ = sqlm.grpo_token_loss(logprobs, logprobs, ref, torch.zeros(2), epsilon=0.2, beta=0.1)
+    assert torch.allclose(loss, 0.1 * kl)
+
+
+def test_policy_gradient_sign():
+    """Raising the probability of a positive-advantage token must lower the loss."""
+    logprobs = torch.tensor([-1.0], requires_grad=True)
+    loss, _ = sqlm.grpo_token_loss(logprobs, logprobs.detach(), None, torch.tensor([2.0]), 0.2, 0.0)
+    loss.sum().backward()
+    assert logprobs.grad.item() == pytest.approx(-2.0)
+
+
+def _episodes(tokenizer, completions, advantages=None):
+    prompt = sqlm.chat_prompt_ids(tokenizer, "What is 3 * 4?")
+    advantages = advantages or [0.0] * len(completions)
+    return [sqlm.Episode(prompt, ids, 0.0, adv) for ids, adv in zip(completions, advantages)]
+
+
+def test_completion_logprobs_match_cross_entropy(varied_dir):
+    model, tokenizer = sqlm.load_model(str(varied_dir), torch.device("cpu"))
+    eos = tokenizer.eos_token_id
+    completions = [tokenizer("<answer> 12 </answer>")["input_ids"] + [eos], tokenizer("12")["input_ids"] + [eos], [eos]]
+    episodes = _episodes(tokenizer, completions)
+    temperature = 0.7
+    ours = sqlm.completion_logprobs(model, episodes, temperature)
+    for episode, logprobs in zip(episodes, ours):
+        # The stop token is part of the completion: the model must learn to stop.
+        assert logprobs.shape == (len(episode.completion_ids),)
+        ids = torch.tensor([episode.prompt_ids + episode.completion_ids])
+        logits = model(ids).logits[0, len(episode.prompt_ids) - 1:-1] / temperature
+        expected = -F.cross_entropy(logits, torch.tensor(episode.completion_ids), reduction="none")
+        assert torch.allclose(logprobs, expected, atol=1e-5)
+
+
+def test_micro_batches_respect_token_budget():
+    episodes = [sqlm.Episode([1] * p, [2] * c, 0.0) for p, c in [(5, 5), (3, 1), (10, 30), (2, 2), (8, 8)]]
+    batches = sqlm.micro_batches(episodes, token_budget=40)
+    assert sorted(id(e) for b in batches for e in b) == sorted(id(e) for e in episodes)
+    for batch in batches:
+        longest = max(len(e.prompt_ids) + len(e.completion_ids) for e in batch)
+        assert len(batch) == 1 or len(batch) * longest <= 40
+
+
+def test_update_is_token_mean_over_the_mini_batch(varied_dir):
+    """With beta=0 and ratio 1, the first mini-batch's gradient is -(sum of A_t * grad logp_t) / total tokens,
+    however the mini-batch is split into micro-batches."""
+    model, tokenizer = sqlm.load_model(str(varied_dir), torch.device("cpu"))
+    eos = tokenizer.eos_token_id
+    completions = [[5, 6, 7, eos], [8, eos], [9, 10, 11, 12, 13, eos]]
+    advantages = [1.0, -0.5, 0.25]
+    config = sqlm.Config(beta=0.0, micro_batch_tokens=1, mini_batch_size=8, max_grad_norm=1e9, lr=0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    sqlm.update_policy(config, model, None, optimizer, _episodes(tokenizer, completions, advantages), torch.device("cpu"))
+    ours = model.model.embed_tokens.weight.grad.clone()
+
+    model.zero_grad()
+    episodes = _episodes(tokenizer, completions, advantages)
+    logprobs = sqlm.completion_logprobs(model, episodes, 1.0)
+    total = sum(len(c) for c in completions)
+    expected_loss = -sum((lp * a).sum() for lp, a in zip(logprobs, advantages)) / total
+    expected_loss.backward()
+    assert torch.allclose(ours, model.model.embed_tokens.weight.grad, atol=1e-6)

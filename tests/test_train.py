@@ -1,0 +1,147 @@
+"""sqlm.py end to end on a tiny random model: outputs, resume, bad input, and the rollout bookkeeping."""
+
+import json
+
+import pytest
+import torch
+
+import sqlm
+
+FAST = ["--batch-size", "2", "--num-generations", "2", "--max-new-tokens", "8", "--device", "cpu",
+        "--mini-batch-size", "4"]
+
+
+def run(args):
+    sqlm.main([str(a) for a in args])
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("task", ["multiplication", "algebra"])
+def test_two_steps_write_every_output(tiny_dir, tmp_path, task):
+    out = tmp_path / "run"
+    run(["--task", task, "--model", tiny_dir, "--steps", 2, "--out", out, *FAST])
+    config = json.loads((out / "config.json").read_text())
+    assert config["task"] == task and config["steps"] == 2 and config["num_generations"] == 2
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [0, 1]
+    for key in ["proposer_reward", "solver_reward", "valid_fraction", "majority_agreement", "proposer_length",
+                "solver_length", "kl", "seconds", "tokens_per_s"]:
+        assert key in metrics[0], key
+    assert (out / "samples.jsonl").exists()
+    for name in ["config.json", "model.safetensors", "tokenizer.json", "trainer_state.pt"]:
+        assert (out / "checkpoint" / name).exists(), name
+
+
+def fake_proposals(monkeypatch, tokenizer, texts):
+    """Make the proposer say `texts` (the solver still samples for real): a random model almost never
+    writes a well-formed question, and the solver path is what this tests."""
+    real_sample = sqlm.sample_in_chunks
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def sample_in_chunks(model, prompts, *args, **kwargs):
+        if prompts and "Generate a three-digit" in tokenizer.decode(prompts[0]):
+            return [tokenizer(texts[i % len(texts)])["input_ids"] + [stop] for i in range(len(prompts))]
+        return real_sample(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(sqlm, "sample_in_chunks", sample_in_chunks)
+
+
+def test_rollout_scores_and_masks(varied_dir, monkeypatch):
+    model, tokenizer = sqlm.load_model(str(varied_dir), torch.device("cpu"))
+    # The fourth proposal is whitespace: an invalid question, never solved, masked from the proposer loss.
+    fake_proposals(monkeypatch, tokenizer, ["12 * 34", "5 * 6", "7 * 8", "   "])
+    config = sqlm.Config(batch_size=2, num_generations=2, max_new_tokens=6, device="cpu")
+    proposer, solver, records, stats = sqlm.rollout(config, model, tokenizer, sqlm.stop_token_ids(model, tokenizer))
+    assert len(proposer) == 4 and [e.trained for e in proposer] == [True, True, True, False]
+    assert len(records) == 3 and len(solver) == 3 * 2
+    assert stats["valid_fraction"] == 0.75
+    assert [r["question"] for r in records] == ["12 * 34", "5 * 6", "7 * 8"]
+    assert proposer[3].advantage == 0.0
+    # every solver episode is prompted with its own question, in order
+    for k, episode in enumerate(solver):
+        assert records[k // 2]["question"] in tokenizer.decode(episode.prompt_ids)
+
+
+def test_resume_continues_exactly(varied_dir, tmp_path, monkeypatch):
+    tokenizer = sqlm.load_model(str(varied_dir), torch.device("cpu"))[1]
+    fake_proposals(monkeypatch, tokenizer, ["12 * 34", "5 * 6"])
+    args = ["--model", varied_dir, "--steps", 3, *FAST, "--proposer-update-every", 1, "--lr", "1e-3",
+            "--save-every", 1]
+    run([*args, "--out", tmp_path / "straight"])
+    # A run that stops after step 2 (its checkpoint holds 2 steps), then resumes to 3 steps.
+    run([*args[:3], 2, *args[4:], "--out", tmp_path / "resumed"])
+    run([*args, "--out", tmp_path / "resumed", "--resume"])
+    straight = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    resumed = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
+    assert [m["step"] for m in resumed] == [0, 1, 2]
+    timing = {"seconds", "rollout_seconds", "tokens_per_s"}
+    assert [{k: v for k, v in m.items() if k not in timing} for m in straight] == \
+           [{k: v for k, v in m.items() if k not in timing} for m in resumed]
+    assert straight[-1]["optimizer_steps"] > 0
+    weights = [sqlm.load_model(str(tmp_path / name / "checkpoint"), torch.device("cpu"))[0] for name in ("straight", "resumed")]
+    for a, b in zip(*(w.parameters() for w in weights)):
+        assert torch.equal(a, b)
+
+
+def test_resume_drops_log_lines_after_the_checkpoint(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    run(["--model", tiny_dir, "--steps", 2, "--out", out, *FAST, "--save-every", 1])
+    # Pretend the run crashed after logging step 2 but before saving its checkpoint.
+    with (out / "metrics.jsonl").open("a") as file:
+        file.write(json.dumps({"step": 2}) + "\n")
+    run(["--model", tiny_dir, "--steps", 3, "--out", out, *FAST, "--resume"])
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [0, 1, 2]
+    assert "proposer_reward" in read_jsonl(out / "metrics.jsonl")[2]
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    run(["--model", tiny_dir, "--steps", 1, "--out", out, *FAST])
+    # A crash between the two renames of save_checkpoint leaves only checkpoint.old: resume still works.
+    (out / "checkpoint").rename(out / "checkpoint.old")
+    assert sqlm.find_checkpoint(out) == out / "checkpoint.old"
+    run(["--model", tiny_dir, "--steps", 2, "--out", out, *FAST, "--resume"])
+    assert (out / "checkpoint" / "trainer_state.pt").exists() and not (out / "checkpoint.old").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "poetry"], "unknown --task 'poetry'"),
+    (["--model", "/nonexistent/model/dir"], "could not load model"),
+    (["--num-generations", "1"], "at least 2"),
+    (["--gate", "maybe"], "--gate must be"),
+])
+def test_bad_input_is_one_clear_sentence(tiny_dir, tmp_path, args, message):
+    base = ["--model", tiny_dir, "--steps", 1, "--out", tmp_path / "run", *FAST]
+    with pytest.raises(SystemExit) as error:
+        run(base + args)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_unwritable_out_and_existing_run(tiny_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SystemExit, match="cannot write to --out"):
+        run(["--model", tiny_dir, "--steps", 1, "--out", blocker / "run", *FAST])
+    out = tmp_path / "run"
+    run(["--model", tiny_dir, "--steps", 1, "--out", out, *FAST])
+    before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(SystemExit, match="already holds a run"):
+        run(["--model", tiny_dir, "--steps", 1, "--out", out, *FAST])
+    assert (out / "metrics.jsonl").read_text() == before  # nothing lost
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        run(["--model", tiny_dir, "--steps", 1, "--out", tmp_path / "empty", *FAST, "--resume"])
+
+
+def test_nonfinite_loss_is_skipped_and_counted(varied_dir, monkeypatch):
+    model, tokenizer = sqlm.load_model(str(varied_dir), torch.device("cpu"))
+    before = [p.detach().clone() for p in model.parameters()]
+    real_loss = sqlm.grpo_token_loss
+    monkeypatch.setattr(sqlm, "grpo_token_loss", lambda *a: (real_loss(*a)[0] * float("nan"), real_loss(*a)[1]))
+    episode = sqlm.Episode(sqlm.chat_prompt_ids(tokenizer, "1 * 2"), [5, 6, tokenizer.eos_token_id], 1.0, 1.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    update = sqlm.update_policy(sqlm.Config(beta=0.0), model, None, optimizer, [episode], torch.device("cpu"))
+    assert update["skipped_nonfinite"] == 1 and update["optimizer_steps"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

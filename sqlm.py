@@ -279,22 +279,32 @@ def solver_prompt(task: str, question: str) -> str:
     return read_prompt("math_solver").replace("{question}", question)
 
 
-def score_answers(task: str, question_text: str, completions: list[str], gate: str) -> dict:
-    """Rewards for one question's N solver completions. Code runs in sandbox.py; math votes."""
+def score_questions(task: str, proposal_texts: list[str], completion_texts: list[list[str]], gate: str) -> list[dict]:
+    """Rewards for each question's N solver completions. Math votes; code runs against the proposer's own
+    tests in sandbox.py, all programs of the step in one parallel batch."""
     if task == "coding":
         import sandbox
 
-        tests = rewards.parse_tests(question_text)
-        programs = [rewards.extract_code(text) for text in completions]
-        fractions = sandbox.pass_fractions(programs, [tests] * len(programs))
-        solver_rewards, proposer_reward = rewards.code_rewards(fractions)
-        return dict(answers=fractions, solver_rewards=solver_rewards, proposer_reward=proposer_reward,
-                    majority=None, majority_count=None)
-    answers = [rewards.extract_answer(text) for text in completions]
-    solver_rewards, proposer_reward = rewards.math_rewards(answers, gate)
-    majority, count = rewards.majority_vote(answers)
-    return dict(answers=answers, solver_rewards=solver_rewards, proposer_reward=proposer_reward,
-                majority=majority, majority_count=count)
+        tests = [rewards.parse_tests(text) for text in proposal_texts]
+        programs = [[rewards.extract_code(text) for text in texts] for texts in completion_texts]
+        flat = sandbox.pass_fractions([p for group in programs for p in group],
+                                      [tests[q] for q, group in enumerate(programs) for _ in group])
+        n = len(programs[0]) if programs else 0
+        scored = []
+        for q in range(len(programs)):
+            fractions = flat[q * n:(q + 1) * n]
+            solver_rewards, proposer_reward = rewards.code_rewards(fractions)
+            scored.append(dict(pass_fractions=fractions, num_tests=len(tests[q]), solver_rewards=solver_rewards,
+                               proposer_reward=proposer_reward))
+        return scored
+    scored = []
+    for texts in completion_texts:
+        answers = [rewards.extract_answer(text) for text in texts]
+        solver_rewards, proposer_reward = rewards.math_rewards(answers, gate)
+        majority, count = rewards.majority_vote(answers)
+        scored.append(dict(answers=answers, solver_rewards=solver_rewards, proposer_reward=proposer_reward,
+                           majority=majority, majority_count=count))
+    return scored
 
 
 def group_advantages(rewards_: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -339,18 +349,16 @@ def rollout(config: Config, model, tokenizer, stop_ids: list[int]) -> tuple[list
     answers = sample_in_chunks(model, flat_prompts, **sample_args) if flat_prompts else []
 
     # 4. Score.
+    groups = [answers[k * n:(k + 1) * n] for k in range(len(valid_rows))]
+    texts = [[tokenizer.decode(c, skip_special_tokens=True) for c in group] for group in groups]
+    scores = score_questions(task, [questions[row][0] for row in valid_rows], texts, config.gate)
     records, proposer_rewards, solver_episodes = [], [0.0] * len(proposals), []
-    for k, row in enumerate(valid_rows):
-        completions = answers[k * n:(k + 1) * n]
-        texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
-        proposal_text, question = questions[row]
-        scored = score_answers(task, proposal_text, texts, config.gate)
+    for row, group, group_texts, scored in zip(valid_rows, groups, texts, scores):
         proposer_rewards[row] = scored["proposer_reward"]
-        for ids, reward in zip(completions, scored["solver_rewards"]):
+        for ids, reward in zip(group, scored["solver_rewards"]):
             solver_episodes.append(Episode(solver_prompts[row], ids, reward))
-        records.append(dict(question=question, proposal=proposal_text, completions=texts, **scored,
-                            answer_lengths=[len(c) for c in completions],
-                            answer_finished=[bool(c) and c[-1] in stop_ids for c in completions]))
+        records.append(dict(question=questions[row][1], proposal=questions[row][0], completions=group_texts,
+                            **scored, answer_lengths=[len(c) for c in group]))
 
     # 5. Advantages per group. Invalid questions are masked out of both losses (the release meant to,
     #    but never applied its mask): their proposal is not trained on, and they have no solver episodes.

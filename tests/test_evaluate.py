@@ -1,0 +1,59 @@
+import json
+from fractions import Fraction
+
+import evaluate
+import rewards
+
+
+def test_multiplication_set_is_tinyzero_style():
+    problems = evaluate.multiplication_problems()
+    assert len(problems) == 4096
+    assert len({p["question"] for p in problems}) == 4096  # deduplicated
+    assert problems == evaluate.multiplication_problems()  # deterministic (seed 1)
+    assert problems[:50] != evaluate.multiplication_problems(seed=evaluate.VALIDATION_SEED)[:50]
+    digits = [len(x) for p in problems for x in p["question"].split(" * ")]
+    # 1 digit w.p. 1/4, 2 digits w.p. 1/4, 3 digits w.p. 1/2 (dedup trims a few small pairs)
+    assert 0.45 < digits.count(3) / len(digits) < 0.55 and 0.2 < digits.count(1) / len(digits) < 0.27
+    for p in problems[:100]:
+        a, b = map(int, p["question"].split(" * "))
+        assert p["answer"] == str(a * b)
+
+
+def test_algebra_set_answers_are_canonical_and_unique():
+    problems = evaluate.algebra_problems()
+    assert len(problems) == 100 and len({p["question"] for p in problems}) == 100
+    assert problems == evaluate.algebra_problems()
+    for p in problems:
+        assert rewards.canonical_answer(p["answer"]) == p["answer"]
+
+
+def test_algebra_answers_solve_their_equations():
+    for p in evaluate.algebra_problems(n=300):
+        q = p["question"]
+        if q.startswith("Solve for x:"):  # ax + b = cx + d
+            left, right = q[len("Solve for x: "):-1].split(" = ")
+            a, b = (int(t) for t in left.replace("x", "").split(" + "))
+            c, d = (int(t) for t in right.replace("x", "").split(" + "))
+            x = Fraction(p["answer"])
+            assert a * x + b == c * x + d
+
+
+def test_math_scoring_is_strict():
+    problem = {"question": "12 * 3", "answer": "36"}
+    assert evaluate.is_correct("multiplication", problem, "<think>...</think> <answer> 36 </answer>")
+    assert evaluate.is_correct("multiplication", problem, "<answer>36.0</answer>")
+    assert not evaluate.is_correct("multiplication", problem, "the answer is 36")
+    assert evaluate.is_correct("algebra", {"question": "q", "answer": "(3, 1/2)"}, "<answer>x = 3, y = 0.5</answer>")
+
+
+def test_cli_prints_a_json_line(tiny_dir, capsys):
+    evaluate.main(["--task", "multiplication", "--model", str(tiny_dir), "--limit", "8", "--device", "cpu",
+                   "--max-new-tokens", "16"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["task"] == "multiplication" and result["n"] == 8 and 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_data_file_replaces_the_generator(tmp_path):
+    data = tmp_path / "omega.jsonl"
+    data.write_text("".join(json.dumps({"question": f"q{i}", "answer": str(i)}) + "\n" for i in range(5)))
+    assert [p["question"] for p in evaluate.load_problems("algebra", limit=3, data=str(data))] == ["q0", "q1", "q2"]

@@ -58,6 +58,7 @@ class Config:
     mini_batch_size: int = 128  # sequences per optimizer step (the paper: 32 prompts x 4)
     micro_batch_tokens: int = 8192  # padded tokens per forward/backward pass (memory knob)
     rollout_batch_size: int = 256  # sequences decoded together (KV-cache memory knob)
+    cuda_graph: bool = True  # replay decode steps from captured CUDA graphs (--no-cuda-graph: plain eager)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     seed: int = 0  # seeds python, numpy and torch
     device: str = "auto"  # auto | cpu | cuda
@@ -146,9 +147,11 @@ def chat_prompt_ids(tokenizer, user_message: str) -> list[int]:
 
 
 # ============================================================================ sample
-# A hand-written batched sampler with a preallocated KV cache. Prompts are left-padded so every row's
-# next token is written to the same cache slot; position ids come from the attention mask, so padding
-# never shifts a row's positions. Works with any Qwen2/Llama-style model from transformers.
+# A hand-written batched sampler with a KV cache allocated once per batch. Prompts are left-padded so every
+# row's next token goes to the same cache slot; position ids come from the attention mask, so padding never
+# shifts a row's positions. Finished rows are dropped from the batch as it shrinks, and on CUDA each decode
+# step is replayed from a captured CUDA graph (one kernel launch instead of hundreds). Works with any
+# Qwen2/Llama-style model from transformers.
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -156,23 +159,18 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
-def forward_with_cache(model, cache, input_ids, position_ids, key_is_token, start: int) -> torch.Tensor:
-    """Run the decoder on input_ids [B, T] at cache slots start..start+T-1; return next-token logits [B, V].
+def forward_with_cache(model, cache, input_ids, position_ids, attention_mask, slots) -> torch.Tensor:
+    """Run the decoder on input_ids [B, T], storing their keys/values at cache slots `slots` [T].
 
+    attention_mask: [B, 1, T, K] bool, which of the first K cache slots each query may attend to.
     cache: one (keys, values) pair per layer, each [B, kv_heads, max_len, head_dim].
-    key_is_token: [B, max_len] bool, True where a slot holds a real (non-padding) token."""
+    Returns the next-token logits [B, V] of the last position."""
     core = model.model  # the transformer without the LM head
     batch, length = input_ids.shape
-    end = start + length
+    seen = attention_mask.shape[-1]  # K
     hidden = core.embed_tokens(input_ids)  # [B, T, H]
     cos, sin = core.rotary_emb(hidden, position_ids)  # [B, T, head_dim] each
     cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, head_dim]: broadcast over heads
-    query_slots = torch.arange(start, end, device=input_ids.device)  # [T]
-    key_slots = torch.arange(end, device=input_ids.device)  # [end]
-    causal = key_slots[None, :] <= query_slots[:, None]  # [T, end]
-    # A padding query sees only itself: an all-masked row would give NaN and leak into later layers.
-    itself = key_slots[None, :] == query_slots[:, None]  # [T, end]
-    mask = causal & (key_is_token[:, None, None, :end] | itself)  # [B, 1, T, end]
     for layer, (keys, values) in zip(core.layers, cache):
         attention = layer.self_attn
         x = layer.input_layernorm(hidden)  # [B, T, H]
@@ -180,9 +178,11 @@ def forward_with_cache(model, cache, input_ids, position_ids, key_is_token, star
         k = attention.k_proj(x).view(batch, length, -1, attention.head_dim).transpose(1, 2)  # [B, kv_heads, T, D]
         v = attention.v_proj(x).view(batch, length, -1, attention.head_dim).transpose(1, 2)  # [B, kv_heads, T, D]
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin  # rotary position embedding
-        keys[:, :, start:end], values[:, :, start:end] = k, v
+        keys.index_copy_(2, slots, k)  # in place: the cache never moves, so a CUDA graph can replay this
+        values.index_copy_(2, slots, v)
         attended = F.scaled_dot_product_attention(
-            q, keys[:, :, :end], values[:, :, :end], attn_mask=mask, scale=attention.scaling, enable_gqa=True
+            q, keys[:, :, :seen], values[:, :, :seen], attn_mask=attention_mask, scale=attention.scaling,
+            enable_gqa=True,
         )  # [B, heads, T, D]
         hidden = hidden + attention.o_proj(attended.transpose(1, 2).reshape(batch, length, -1))
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
@@ -194,30 +194,74 @@ def new_kv_cache(model, batch: int, max_len: int) -> list[tuple[torch.Tensor, to
     config = model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     shape = (batch, config.num_key_value_heads, max_len, head_dim)
-    param = model.lm_head.weight
-    return [
-        (torch.zeros(shape, dtype=param.dtype, device=param.device), torch.zeros(shape, dtype=param.dtype, device=param.device))
-        for _ in range(config.num_hidden_layers)
-    ]
+    like = model.lm_head.weight
+    return [(like.new_zeros(shape), like.new_zeros(shape)) for _ in range(config.num_hidden_layers)]
 
 
-def pick_tokens(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """[B, V] logits -> [B] token ids: greedy at temperature 0, else a sample from softmax(logits / T)."""
+def make_decoder(model, cache, key_is_token, use_cuda_graph: bool, bucket: int = 256):
+    """A function (token [B], position [B, 1], slot) -> next logits [B, V] for one decode step.
+
+    Eager: attend to exactly the slots written so far. CUDA graph: attend to the slots rounded up to a
+    bucket (the mask hides the rest), so one captured graph per bucket serves every step inside it."""
+    if not use_cuda_graph:
+        def decode(token, position, slot):
+            mask = key_is_token[:, None, None, :slot + 1]  # [B, 1, 1, slot+1]
+            slots = torch.tensor([slot], device=token.device)
+            return forward_with_cache(model, cache, token[:, None], position, mask, slots)
+        return decode
+
+    static_token = torch.zeros_like(key_is_token[:, 0], dtype=torch.long)  # [B]
+    static_position = torch.zeros_like(static_token)[:, None]  # [B, 1]
+    static_slot = torch.zeros(1, dtype=torch.long, device=key_is_token.device)  # [1]
+    graphs = {}  # bucket end -> (graph, its output logits)
+
+    def run(end):
+        return forward_with_cache(model, cache, static_token[:, None], static_position,
+                                  key_is_token[:, None, None, :end], static_slot)
+
+    def decode(token, position, slot):
+        static_token.copy_(token)
+        static_position.copy_(position)
+        static_slot.fill_(slot)
+        end = min(key_is_token.shape[1], (slot // bucket + 1) * bucket)
+        if end not in graphs:
+            side = torch.cuda.Stream()  # warm up off the main stream, as CUDA graph capture requires
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                run(end)  # writes this step's keys/values: the replay below writes the same again
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                logits = run(end)
+            graphs[end] = (graph, logits)
+        graph, logits = graphs[end]
+        graph.replay()
+        return logits
+
+    return decode
+
+
+def pick_tokens(logits: torch.Tensor, temperature: float, noise: torch.Tensor | None) -> torch.Tensor:
+    """[B, V] logits -> [B] token ids: greedy at temperature 0, else a sample from softmax(logits / T).
+
+    Sampling uses the exponential race (argmax of probs / Exp(1) noise, same distribution as multinomial)
+    with noise drawn for the whole original batch, so a row's sample does not depend on which other rows
+    are still running."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # [B, V] in fp32: bf16 probs are too coarse
-    return torch.multinomial(probs, num_samples=1).squeeze(-1)
+    return (probs / noise).argmax(dim=-1)
 
 
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], max_new_tokens: int, temperature: float, stop_ids: list[int],
-           pad_id: int = 0) -> list[list[int]]:
+           pad_id: int = 0, cuda_graph: bool = True, compact: bool = True) -> list[list[int]]:
     """Complete every prompt; each completion keeps the stop token that ended it (if it stopped)."""
     device = model.lm_head.weight.device
     batch, prompt_len = len(prompts), max(len(p) for p in prompts)
     max_len = prompt_len + max_new_tokens
     input_ids = torch.full((batch, prompt_len), pad_id, dtype=torch.long)
-    key_is_token = torch.zeros((batch, max_len), dtype=torch.bool)
+    key_is_token = torch.zeros((batch, max_len), dtype=torch.bool)  # [B, max_len]: slot holds a real token
     for row, ids in enumerate(prompts):  # left padding: every prompt ends at slot prompt_len - 1
         input_ids[row, prompt_len - len(ids):] = torch.tensor(ids)
         key_is_token[row, prompt_len - len(ids):prompt_len] = True
@@ -225,22 +269,43 @@ def sample(model, prompts: list[list[int]], max_new_tokens: int, temperature: fl
     positions = (key_is_token[:, :prompt_len].long().cumsum(-1) - 1).clamp(min=0)  # [B, P]
     cache = new_kv_cache(model, batch, max_len)
     stop = torch.tensor(stop_ids, device=device)
+    use_graph = cuda_graph and device.type == "cuda"
 
-    logits = forward_with_cache(model, cache, input_ids, positions, key_is_token, start=0)  # prefill: [B, V]
-    next_position = positions[:, -1:] + 1  # [B, 1]
+    # Prefill: all prompt tokens at once. A padding query sees only itself (an all-masked row gives NaN).
+    slots = torch.arange(prompt_len, device=device)  # [P]
+    causal = slots[None, :] <= slots[:, None]  # [P, P]
+    itself = torch.eye(prompt_len, dtype=torch.bool, device=device)  # [P, P]
+    mask = causal & (key_is_token[:, None, None, :prompt_len] | itself)  # [B, 1, P, P]
+    logits = forward_with_cache(model, cache, input_ids, positions, mask, slots)  # [B, V]
+
+    position = positions[:, -1:] + 1  # [B, 1]
+    rows = torch.arange(batch, device=device)  # live row -> original row
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    decode = make_decoder(model, cache, key_is_token, use_graph)
     for step in range(max_new_tokens):
-        token = pick_tokens(logits, temperature)  # [B]
+        noise = torch.empty((batch, logits.shape[-1]), device=device).exponential_()[rows] if temperature else None
+        token = pick_tokens(logits, temperature, noise)  # [live]
         token = torch.where(finished, pad_id, token)  # finished rows emit padding, dropped below
-        tokens[:, step] = token
+        tokens[rows, step] = token
         finished |= torch.isin(token, stop)
-        if step % 16 == 15 and finished.all():  # checking is a GPU->CPU sync, so only now and then
-            break
+        if step % 16 == 15 or step == max_new_tokens - 1:  # looking is a GPU->CPU sync: only now and then
+            alive = (~finished).nonzero().squeeze(-1)
+            if len(alive) == 0 or step == max_new_tokens - 1:
+                break
+            if compact and len(alive) <= len(rows) // 2:  # finished rows stop costing compute
+                keep = alive
+                if use_graph:  # round up to a power of two, so few batch shapes need a graph of their own
+                    size = 1 << (len(alive) - 1).bit_length()
+                    keep = torch.cat([alive, finished.nonzero().squeeze(-1)[:size - len(alive)]])
+                rows, token, position, finished = rows[keep], token[keep], position[keep], finished[keep]
+                cache = [(k[keep], v[keep]) for k, v in cache]
+                key_is_token = key_is_token[keep]
+                decode = make_decoder(model, cache, key_is_token, use_graph)
         slot = prompt_len + step
         key_is_token[:, slot] = True
-        logits = forward_with_cache(model, cache, token[:, None], next_position, key_is_token, start=slot)
-        next_position += 1
+        logits = decode(token, position, slot)
+        position = position + 1
 
     completions = []
     for row in tokens.tolist():  # cut each row after its first stop token
@@ -249,11 +314,12 @@ def sample(model, prompts: list[list[int]], max_new_tokens: int, temperature: fl
     return completions
 
 
-def sample_in_chunks(model, prompts, max_new_tokens, temperature, stop_ids, pad_id, chunk_size):
+def sample_in_chunks(model, prompts, max_new_tokens, temperature, stop_ids, pad_id, chunk_size, cuda_graph=True):
     """The KV cache grows with batch x length, so decode at most chunk_size sequences at once."""
     completions = []
     for begin in range(0, len(prompts), chunk_size):
-        completions += sample(model, prompts[begin:begin + chunk_size], max_new_tokens, temperature, stop_ids, pad_id)
+        completions += sample(model, prompts[begin:begin + chunk_size], max_new_tokens, temperature, stop_ids,
+                              pad_id, cuda_graph)
     return completions
 
 
@@ -326,7 +392,7 @@ def rollout(config: Config, model, tokenizer, stop_ids: list[int]) -> tuple[list
     max_new_tokens = config.max_new_tokens or TASK_MAX_NEW_TOKENS[task]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     sample_args = dict(max_new_tokens=max_new_tokens, temperature=config.temperature, stop_ids=stop_ids,
-                       pad_id=pad_id, chunk_size=config.rollout_batch_size)
+                       pad_id=pad_id, chunk_size=config.rollout_batch_size, cuda_graph=config.cuda_graph)
 
     # 1. Propose: B copies of the topic prompt, N samples each (one GRPO group per copy).
     topic_ids = chat_prompt_ids(tokenizer, read_prompt(f"{task}_proposer"))

@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=1024, help="the paper's arithmetic response budget")
     parser.add_argument("--step-sequences", type=int, default=1280, help="64 prompts x 4 proposals + 256 x 4 answers")
-    parser.add_argument("--micro-batch-tokens", type=int, default=8192)
+    parser.add_argument("--micro-batch-tokens", type=int, default=sqlm.Config.micro_batch_tokens)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--no-cuda-graph", action="store_true")
     parser.add_argument("--skip-generate", action="store_true", help="skip the model.generate baseline")

@@ -56,7 +56,7 @@ class Config:
     epsilon: float = 0.2  # PPO/GRPO clip range for the probability ratio
     beta: float = 0.001  # weight of the k3 KL penalty to the initial model (0 = no reference model)
     mini_batch_size: int = 128  # sequences per optimizer step (the paper: 32 prompts x 4)
-    micro_batch_tokens: int = 8192  # padded tokens per forward/backward pass (memory knob)
+    micro_batch_tokens: int = 4096  # padded tokens per forward/backward pass (memory knob)
     rollout_batch_size: int = 256  # sequences decoded together (KV-cache memory knob)
     cuda_graph: bool = True  # replay decode steps from captured CUDA graphs (--no-cuda-graph: plain eager)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
@@ -180,10 +180,16 @@ def forward_with_cache(model, cache, input_ids, position_ids, attention_mask, sl
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin  # rotary position embedding
         keys.index_copy_(2, slots, k)  # in place: the cache never moves, so a CUDA graph can replay this
         values.index_copy_(2, slots, v)
+        # Grouped-query attention: the `group` query heads that share one key/value head become extra query
+        # rows of that head, so the cache is read once per kv head instead of being copied `group` times.
+        kv_heads = k.shape[1]
+        group = q.shape[1] // kv_heads
+        q = q.reshape(batch, kv_heads, group * length, -1)  # [B, kv_heads, G*T, D]
+        mask = attention_mask[:, :, None].expand(-1, -1, group, -1, -1).reshape(batch, 1, group * length, seen)
         attended = F.scaled_dot_product_attention(
-            q, keys[:, :, :seen], values[:, :, :seen], attn_mask=attention_mask, scale=attention.scaling,
-            enable_gqa=True,
-        )  # [B, heads, T, D]
+            q, keys[:, :, :seen], values[:, :, :seen], attn_mask=mask, scale=attention.scaling
+        )  # [B, kv_heads, G*T, D]
+        attended = attended.reshape(batch, kv_heads * group, length, -1)  # [B, heads, T, D]
         hidden = hidden + attention.o_proj(attended.transpose(1, 2).reshape(batch, length, -1))
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
     return model.lm_head(core.norm(hidden[:, -1]))  # [B, V]: only the last position predicts the next token

@@ -256,3 +256,28 @@ def audit_step(
         pseudo_label_accuracy=labels_right / n_evaluable if n_evaluable else None,
         solver_accuracy=answers_right / answers_total if answers_total else None,
     )
+
+
+def step_report(task: str, records: list[dict], n: int, seen: set) -> dict:
+    """All curriculum metrics of one training step, flat, for metrics.jsonl. `records` are sqlm's per-question
+    records (valid questions only); `seen` holds the n-grams of earlier steps and is updated here.
+    For math it also adds each record's `truth` (multiplication only) for samples.jsonl."""
+    questions = [record["question"] for record in records]
+    report = dict(distinct_questions=distinct_fraction(questions), novelty=novelty(questions, seen))
+    seen |= step_ngrams(questions)
+    complexity = [question_complexity(q) for q in questions]
+    for key in ("length", "digits", "operators"):
+        report[f"question_{key}"] = sum(c[key] for c in complexity) / len(complexity) if complexity else None
+    if task == "coding":
+        return report
+    histogram = majority_histogram([record["majority_count"] for record in records], n)
+    report.update({f"majority_count_{k}": v for k, v in histogram.items() if k.isdigit()})
+    report.update(too_hard=histogram["too_hard"], in_band=histogram["in_band"], too_easy=histogram["too_easy"])
+    if task == "multiplication":
+        for record in records:  # the lens only: training never reads `truth`
+            value = safe_eval(record["question"])
+            record["truth"] = format_answer(value) if value is not None else None
+        audit = audit_step(questions, [r["majority"] for r in records], [r["answers"] for r in records])
+        report.update(pseudo_label_accuracy=audit["pseudo_label_accuracy"], solver_accuracy=audit["solver_accuracy"],
+                      unparseable_questions=audit["unparseable"])
+    return report

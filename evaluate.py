@@ -137,6 +137,15 @@ def load_problems(task: str, limit: int | None = None, data: str | None = None, 
     return problems[:limit] if limit else problems
 
 
+def validation_problems(task: str, limit: int) -> list[dict]:
+    """Problems for choosing checkpoints during training: generated from VALIDATION_SEED, with every problem
+    of the test set removed, so model selection never sees a test problem."""
+    if task == "coding":  # no generator: hold out the last problems of the shipped set
+        return read_jsonl(CODING_EVAL_FILE)[-min(limit, 8):]
+    test = {p["question"] for p in load_problems(task)}
+    return [p for p in load_problems(task, seed=VALIDATION_SEED) if p["question"] not in test][:limit]
+
+
 # ============================================================================ scoring
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import curriculum
 import rewards
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
@@ -63,8 +64,8 @@ class Config:
     seed: int = 0  # seeds python, numpy and torch
     device: str = "auto"  # auto | cpu | cuda
     save_every: int = 50  # save a checkpoint every k steps (and always at the end)
-    eval_every: int = 0  # score the held-out set every k steps (0 = never)
-    eval_limit: int = 256  # problems used by --eval-every
+    eval_every: int = 0  # score the validation split every k steps, keep checkpoint-best/ (0 = never)
+    eval_limit: int = 256  # validation problems used by --eval-every
     samples_per_step: int = 16  # questions per step written to samples.jsonl (0 = all)
 
 
@@ -391,7 +392,7 @@ def group_advantages(rewards_: torch.Tensor, valid: torch.Tensor) -> torch.Tenso
     return torch.where(valid, advantages, torch.zeros_like(advantages))
 
 
-def rollout(config: Config, model, tokenizer, stop_ids: list[int]) -> tuple[list[Episode], list[Episode], list[dict], dict]:
+def rollout(config: Config, model, tokenizer, stop_ids: list[int], seen_ngrams: set) -> tuple[list[Episode], list[Episode], list[dict], dict]:
     """Propose questions, solve each num_generations times, score. Returns proposer episodes, solver
     episodes, per-question records (for samples.jsonl) and rollout statistics."""
     n, task = config.num_generations, config.task
@@ -459,6 +460,8 @@ def rollout(config: Config, model, tokenizer, stop_ids: list[int]) -> tuple[list
     # How strongly the N answers agree: mean share of the majority answer (1.0 = unanimous; math only).
     if task != "coding":
         stats["majority_agreement"] = float(np.mean([r["majority_count"] / n for r in records])) if records else None
+    # A lens for the reader, never a reward: band rates, novelty, complexity, and exact truth for arithmetic.
+    stats.update(curriculum.step_report(task, records, n, seen_ngrams))
     return proposer_episodes, solver_episodes, records, stats
 
 
@@ -588,21 +591,22 @@ def update_policy(config: Config, policy, reference, optimizer, episodes: list[E
 # ============================================================================ checkpoints
 
 
-def save_checkpoint(out: Path, policy, tokenizer, optimizer, step: int) -> None:
-    """Everything a run needs to resume exactly: weights, optimizer, RNG states, step counter.
+def save_checkpoint(directory: Path, policy, tokenizer, optimizer=None, step: int = 0, extra: dict | None = None) -> None:
+    """Everything a run needs to resume exactly: weights, optimizer, RNG states, step counter (and `extra`).
 
-    Written to checkpoint.tmp and then swapped in, so a crash mid-save never loses the previous one."""
-    tmp, final, old = out / "checkpoint.tmp", out / "checkpoint", out / "checkpoint.old"
+    Written to NAME.tmp and then swapped in, so a crash mid-save never loses the previous checkpoint."""
+    tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    rng = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    torch.save(dict(step=step, optimizer=optimizer.state_dict(), rng=rng), tmp / "trainer_state.pt")
-    if final.exists():
+    if optimizer is not None:
+        rng = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+                   cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        torch.save(dict(step=step, optimizer=optimizer.state_dict(), rng=rng, **(extra or {})), tmp / "trainer_state.pt")
+    if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
+        directory.rename(old)
+    tmp.rename(directory)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -692,28 +696,31 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     stop_ids = stop_token_ids(policy, tokenizer)
 
-    start_step = 0
+    start_step, seen_ngrams, best_validation = 0, set(), -1.0
     if checkpoint:
         state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         restore_rng(state["rng"])
-        start_step = state["step"]
+        start_step, seen_ngrams, best_validation = state["step"], state["seen_ngrams"], state["best_validation"]
         truncate_jsonl(out / "metrics.jsonl", start_step)
         truncate_jsonl(out / "samples.jsonl", start_step)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
-    evaluator = None
+    validate = None
     if config.eval_every:
         import evaluate  # imported here: evaluate.py itself builds on this file
 
-        eval_problems = evaluate.load_problems(config.task, limit=config.eval_limit)
-        evaluator = lambda: evaluate.score(sampler, tokenizer, config.task, eval_problems, stop_ids)["accuracy"]
+        # A validation split from another seed, minus any test problem: picking the best checkpoint never
+        # looks at the test set that evaluate.py reports.
+        problems = evaluate.validation_problems(config.task, config.eval_limit)
+        validate = lambda: evaluate.score(sampler, tokenizer, config.task, problems, stop_ids, config.max_new_tokens)["accuracy"]
+    initial_validation = validate() if validate and start_step == 0 else None
 
     progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc=config.task)
     for step in progress:
         started = time.time()
         policy.eval()
-        proposer_episodes, solver_episodes, records, stats = rollout(config, sampler, tokenizer, stop_ids)
+        proposer_episodes, solver_episodes, records, stats = rollout(config, sampler, tokenizer, stop_ids, seen_ngrams)
         rollout_seconds = time.time() - started
         if device.type == "cuda":
             torch.cuda.empty_cache()  # hand the KV cache back before the update needs the memory
@@ -731,15 +738,22 @@ def main(argv: list[str] | None = None) -> None:
         seconds = time.time() - started
         metrics = dict(step=step, **stats, **update, proposer_updated=update_proposer, seconds=seconds,
                        rollout_seconds=rollout_seconds, tokens_per_s=stats["sampled_tokens"] / rollout_seconds)
-        if evaluator and (step + 1) % config.eval_every == 0:
-            metrics["eval_accuracy"] = evaluator()
+        if step == 0 and initial_validation is not None:
+            metrics["validation_accuracy_initial"] = initial_validation  # before any update
+        last = step + 1 == config.steps
+        if validate and ((step + 1) % config.eval_every == 0 or last):
+            metrics["validation_accuracy"] = validate()  # after this step's update
+            if metrics["validation_accuracy"] > best_validation:  # keep the best weights, chosen on validation
+                best_validation = metrics["validation_accuracy"]
+                save_checkpoint(out / "checkpoint-best", policy, tokenizer)
         keep = records if config.samples_per_step == 0 else records[:config.samples_per_step]
         append_jsonl(out / "samples.jsonl", [dict(step=step, **record) for record in keep])
         append_jsonl(out / "metrics.jsonl", [metrics])
         progress.set_postfix(proposer=f"{stats['proposer_reward']:.2f}", solver=f"{stats['solver_reward']:.2f}",
                              valid=f"{stats['valid_fraction']:.2f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-        if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
-            save_checkpoint(out, policy, tokenizer, optimizer, step + 1)
+        if (step + 1) % config.save_every == 0 or last:
+            save_checkpoint(out / "checkpoint", policy, tokenizer, optimizer, step + 1,
+                            dict(seen_ngrams=seen_ngrams, best_validation=best_validation))
     print(json.dumps({"out": str(out), "steps": config.steps, "checkpoint": str(out / "checkpoint")}))
 
 

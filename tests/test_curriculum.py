@@ -206,3 +206,22 @@ def test_audit_step_with_nothing_to_measure():
     assert result == dict(n_valid=1, unparseable=1, n_evaluable=0, pseudo_label_accuracy=None, solver_accuracy=None)
     with pytest.raises(ValueError):
         audit_step(["1+1"], [], [])
+
+
+def test_step_report_on_a_hand_built_step():
+    records = [
+        dict(question="2 * 3", majority="6", majority_count=3, answers=["6", "6", "6", "5"]),  # right, in band
+        dict(question="10 * 10", majority="99", majority_count=4, answers=["99"] * 4),  # wrong label, too easy
+        dict(question="hello", majority=None, majority_count=0, answers=[None] * 4),  # unparseable, too hard
+    ]
+    seen = set()
+    report = curriculum.step_report("multiplication", records, 4, seen)
+    assert report["in_band"] == pytest.approx(1 / 3) and report["too_easy"] == pytest.approx(1 / 3)
+    assert report["too_hard"] == pytest.approx(1 / 3)
+    assert report["majority_count_0"] == 1 and report["majority_count_3"] == 1 and report["majority_count_4"] == 1
+    assert report["pseudo_label_accuracy"] == 0.5  # of the two evaluable questions, one majority is right
+    assert report["solver_accuracy"] == 3 / 8
+    assert report["unparseable_questions"] == 1
+    assert [r["truth"] for r in records] == ["6", "100", None]
+    assert report["novelty"] == 1.0 and seen  # everything is new on the first step, and remembered
+    assert curriculum.step_report("multiplication", records, 4, seen)["novelty"] == 0.0

@@ -54,7 +54,7 @@ def test_rollout_scores_and_masks(varied_dir, monkeypatch):
     # The fourth proposal is whitespace: an invalid question, never solved, masked from the proposer loss.
     fake_proposals(monkeypatch, tokenizer, ["12 * 34", "5 * 6", "7 * 8", "   "])
     config = sqlm.Config(batch_size=2, num_generations=2, max_new_tokens=6, device="cpu")
-    proposer, solver, records, stats = sqlm.rollout(config, model, tokenizer, sqlm.stop_token_ids(model, tokenizer))
+    proposer, solver, records, stats = sqlm.rollout(config, model, tokenizer, sqlm.stop_token_ids(model, tokenizer), set())
     assert len(proposer) == 4 and [e.trained for e in proposer] == [True, True, True, False]
     assert len(records) == 3 and len(solver) == 3 * 2
     assert stats["valid_fraction"] == 0.75
@@ -145,3 +145,21 @@ def test_nonfinite_loss_is_skipped_and_counted(varied_dir, monkeypatch):
     update = sqlm.update_policy(sqlm.Config(beta=0.0), model, None, optimizer, [episode], torch.device("cpu"))
     assert update["skipped_nonfinite"] == 1 and update["optimizer_steps"] == 0
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_validation_best_checkpoint_and_curriculum_metrics(varied_dir, tmp_path, monkeypatch):
+    tokenizer = sqlm.load_model(str(varied_dir), torch.device("cpu"))[1]
+    fake_proposals(monkeypatch, tokenizer, ["12 * 34", "5*6+1"])
+    out = tmp_path / "run"
+    run(["--model", varied_dir, "--steps", 2, "--out", out, *FAST, "--eval-every", 1, "--eval-limit", 4])
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert "validation_accuracy_initial" in metrics[0]
+    assert all("validation_accuracy" in m for m in metrics)
+    assert (out / "checkpoint-best" / "model.safetensors").exists()
+    for key in ["in_band", "too_easy", "too_hard", "majority_count_0", "distinct_questions", "novelty",
+                "question_length", "question_operators", "pseudo_label_accuracy", "solver_accuracy"]:
+        assert key in metrics[0], key
+    assert metrics[0]["novelty"] == 1.0 and metrics[1]["novelty"] == 0.0  # same two questions again
+    samples = read_jsonl(out / "samples.jsonl")
+    assert {s["question"]: s["truth"] for s in samples} == {"12 * 34": "408", "5*6+1": "31"}
+    assert all("majority" in s and "majority_count" in s for s in samples)

@@ -28,7 +28,7 @@ def parse_question(task: str, proposal: str) -> str | None:
         marker = "Selected Question"
         if marker not in text:
             return None
-        question = text.rsplit(marker, 1)[1].lstrip(" :*").strip()
+        question = text.rsplit(marker, 1)[1].strip(" \n:*")  # also drops markdown bold: **Selected Question:**
         return question or None
     if task == "coding":
         # The problem is everything before "Test Cases:"; without tests there is nothing to score against.

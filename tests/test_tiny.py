@@ -1,0 +1,207 @@
+"""The tiny offline checkpoints behave like a real Qwen2.5-Instruct checkpoint where the project relies on it."""
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import tiny  # noqa: E402
+from tiny_model import make_tiny_checkpoint  # noqa: E402
+
+CHATML_HI = (
+    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\nhi<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(checkpoint):
+    return AutoTokenizer.from_pretrained(checkpoint)
+
+
+def test_checkpoint_loads_with_auto_classes(checkpoint, tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    assert model.config.model_type == "qwen2"
+    assert model.config.vocab_size == len(tokenizer)
+    assert model.config.tie_word_embeddings
+
+
+def test_chat_template_is_chatml(tokenizer):
+    messages = [{"role": "user", "content": "hi"}]
+    assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == CHATML_HI
+    with_system = [{"role": "system", "content": "Be brief."}] + messages + [{"role": "assistant", "content": "yo"}]
+    assert tokenizer.apply_chat_template(with_system, tokenize=False) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyo<|im_end|>\n"
+    )
+
+
+def test_chat_template_without_default_system_prompt():
+    tokenizer = tiny.build_tokenizer(default_system_prompt=None)
+    messages = [{"role": "user", "content": "hi"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_special_token_ids(checkpoint, tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == im_end
+    assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.pad_token_id == endoftext
+    assert im_end != endoftext
+    assert model.config.eos_token_id == im_end
+    assert model.config.pad_token_id == endoftext
+    assert model.generation_config.eos_token_id == [im_end, endoftext]
+    assert model.generation_config.pad_token_id == endoftext
+    # Special tokens are single tokens, never split into bytes.
+    ids = tokenizer.encode("<|im_start|>user<|im_end|>", add_special_tokens=False)
+    assert ids[0] == tokenizer.convert_tokens_to_ids("<|im_start|>") and ids[-1] == im_end
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "def f(x):\n    return {'a': x ** 2}  # comment\n\tpass\n",
+        "naïve café, 日本語, emoji 🙂, Ω≈ç√",
+        "1234567890 * 987 = 1218518501430",
+        "  leading spaces\r\n\r\ntrailing  ",
+    ],
+)
+def test_round_trip(tokenizer, text):
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.decode(ids) == text
+
+
+def test_digits_are_one_token_each(tokenizer):
+    tokens = tokenizer.tokenize("37 * 1234")
+    digit_tokens = [token for token in tokens if any(ch.isdigit() for ch in token)]
+    assert digit_tokens == ["3", "7", "1", "2", "3", "4"]
+
+
+def test_random_model_is_deterministic(tmp_path):
+    first = AutoModelForCausalLM.from_pretrained(tiny.build_random_model(tmp_path / "a", seed=3))
+    second = AutoModelForCausalLM.from_pretrained(tiny.build_random_model(tmp_path / "b", seed=3))
+    for p, q in zip(first.parameters(), second.parameters()):
+        assert (p == q).all()
+
+
+# ----------------------------------------------------------------------------- tiny pretrained base (cheap checks)
+
+
+def test_sample_problem_distribution():
+    rng = random.Random(0)
+    for _ in range(200):
+        question, answer = tiny.sample_problem(rng)
+        a, b = tiny.parse_operands(question)
+        assert 10 <= a <= 99 and 2 <= b <= 99 and a * b == answer
+
+
+def test_heldout_problems_never_come_from_training_pairs():
+    heldout = tiny.heldout_problems(500)
+    assert len(heldout) == 500
+    assert heldout == tiny.heldout_problems(500)  # deterministic
+    heldout_pairs = {frozenset(tiny.parse_operands(q)) for q, _ in heldout}
+    rng = random.Random(0)
+    training_pairs = {frozenset(tiny.parse_operands(tiny.sample_training_problem(rng)[0])) for _ in range(5000)}
+    assert not heldout_pairs & training_pairs
+    validation_pairs = {frozenset(tiny.parse_operands(q)) for q, _ in tiny.validation_problems()}
+    assert not heldout_pairs & validation_pairs and not validation_pairs & training_pairs
+    # The split is by unordered pair: the swapped question is held out too.
+    assert tiny.problem_bucket("37 * 52") == tiny.problem_bucket("52 * 37")
+
+
+def test_solver_completion_format():
+    from rewards import extract_answer
+
+    assert tiny.solver_completion("37 * 8", 296) == "<think> 37 * 8 = 296 </think> <answer> 296 </answer>"
+    long = tiny.solver_completion("37 * 52", 1924)
+    assert long == "<think> 37 * 52 = 37 * 50 + 37 * 2 = 1850 + 74 = 1924 </think> <answer> 1924 </answer>"
+    assert extract_answer(long) == "1924"
+
+
+def test_transcripts_use_the_project_prompts():
+    tokenizer = tiny.base_tokenizer()
+    completion = tiny.solver_completion("37 * 8", 296)
+    ids, labels = tiny.transcript_ids(tokenizer, tiny.solver_prompt_text("37 * 8"), completion)
+    text = tokenizer.decode(ids)
+    solver_prompt = (tiny.PROMPTS_DIR / "math_solver.txt").read_text().strip().replace("{question}", "37 * 8")
+    assert text == f"<|im_start|>user\n{solver_prompt}<|im_end|>\n<|im_start|>assistant\n" + (
+        "<think> 37 * 8 = 296 </think> <answer> 296 </answer><|im_end|>"
+    )
+    # Loss only on the reply and its closing <|im_end|>.
+    reply = tokenizer.decode([token for token in labels if token != -100])
+    assert reply == "<think> 37 * 8 = 296 </think> <answer> 296 </answer><|im_end|>"
+    # Every solver transcript starts with the shared prefix that training runs once per batch.
+    assert ids[: len(tiny.solver_prefix_ids(tokenizer))] == tiny.solver_prefix_ids(tokenizer)
+
+    proposer_ids, proposer_labels = tiny.transcript_ids(tokenizer, tiny.proposer_prompt_text(), "37 * 8")
+    proposer_prompt = (tiny.PROMPTS_DIR / "multiplication_proposer.txt").read_text().strip()
+    expected = f"<|im_start|>user\n{proposer_prompt}<|im_end|>\n<|im_start|>assistant\n37 * 8<|im_end|>"
+    assert tokenizer.decode(proposer_ids) == expected
+
+
+def test_shared_prefix_forward_matches_plain_forward():
+    tokenizer = tiny.base_tokenizer()
+    torch.manual_seed(0)
+    model = tiny.Qwen2ForCausalLM(tiny.qwen2_config(tokenizer, 32, 1, 2, 1, 64)).eval()
+    problems = [("37 * 8", 296), ("12 * 34", 408)]
+    examples = [
+        tiny.transcript_ids(tokenizer, tiny.solver_prompt_text(q), tiny.solver_completion(q, a)) for q, a in problems
+    ]
+    prefix = tiny.solver_prefix_ids(tokenizer)
+    with torch.no_grad():
+        logits, labels = tiny.shared_prefix_forward(model, prefix, examples, tokenizer.pad_token_id)
+        shared_loss, tokens = tiny.summed_token_loss(logits, labels)
+        plain_loss = model(**tiny.pad_batch(examples, tokenizer.pad_token_id)).loss
+    assert torch.allclose(shared_loss / tokens, plain_loss, atol=1e-5)
+
+
+def test_tiny_base_builds_saves_and_loads(tmp_path, monkeypatch):
+    """A few training steps only (the real build takes minutes): the pipeline runs and the result loads."""
+    tiny_sizes = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
+    path = tiny.pretrain_tiny_base(
+        tmp_path / "base", max_steps=2, eval_every=1, batch_size=8, log=lambda line: None, **tiny_sizes
+    )
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert model.config.model_type == "qwen2"
+    messages = [{"role": "user", "content": "hi"}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert prompt == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"  # the base has no default system turn
+    assert model.generation_config.eos_token_id == [tokenizer.eos_token_id, tokenizer.pad_token_id]
+
+    # load_or_build reuses a finished build in the cache instead of training again.
+    monkeypatch.setenv("SQLM_CACHE", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / f"tiny-multiplication-base-{tiny.TINY_BASE_VERSION}"
+    cached.parent.mkdir()
+    path.rename(cached)
+    assert tiny.load_or_build_tiny_base() == cached
+
+
+def test_shared_prefix_forward_scores_the_first_reply_token():
+    """The proposer's prefix is its whole prompt but the last token, so the proposal's first token is trained."""
+    tokenizer = tiny.base_tokenizer()
+    torch.manual_seed(0)
+    model = tiny.Qwen2ForCausalLM(tiny.qwen2_config(tokenizer, 32, 1, 2, 1, 64)).eval()
+    examples = [tiny.transcript_ids(tokenizer, tiny.proposer_prompt_text(), "37 * 8")]
+    full_prompt = tiny.prompt_ids(tokenizer, tiny.proposer_prompt_text())
+    with pytest.raises(AssertionError):
+        tiny.shared_prefix_forward(model, full_prompt, examples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits, labels = tiny.shared_prefix_forward(model, full_prompt[:-1], examples, tokenizer.pad_token_id)
+        shared_loss, tokens = tiny.summed_token_loss(logits, labels)
+        plain_loss = model(**tiny.pad_batch(examples, tokenizer.pad_token_id)).loss
+    assert tokens == len(tokenizer.encode("37 * 8", add_special_tokens=False)) + 1
+    assert torch.allclose(shared_loss / tokens, plain_loss, atol=1e-5)

@@ -126,7 +126,8 @@ def main() -> None:
         episodes = [sqlm.Episode(p, a, 0.0, advantage=float(i % 3 - 1)) for i, (p, a) in enumerate(zip(step_prompts, answers))]
         policy.train()
         update = sqlm.update_policy(config, policy, reference, optimizer, episodes, device)
-        sqlm.sync_weights(policy, sampler) if sampler is not policy else None
+        if sampler is not policy:
+            sqlm.sync_weights(policy, sampler)
         return update
 
     update, step_seconds = timed(device, training_step)

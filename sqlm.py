@@ -11,6 +11,7 @@ Read top to bottom: config -> load -> sample -> propose -> solve -> score -> adv
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -102,6 +103,7 @@ def check_config(config: Config) -> None:
         raise SystemExit("error: " + "; ".join(problems) + ".")
 
 
+@functools.cache  # read each prompt file once, not once per question
 def read_prompt(name: str) -> str:
     return (PROMPTS_DIR / f"{name}.txt").read_text().strip()
 

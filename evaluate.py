@@ -11,6 +11,8 @@ Which problems:
                   rational solutions); --data FILE.jsonl with {"question", "answer"} lines for the real set.
   coding          data/coding_eval.jsonl, original problems written for this project (a smoke test, not the
                   paper's 123 Codeforces problems); --data FILE.jsonl with {"problem", "tests"} lines.
+  --tiny          the CPU demo's distribution instead (tiny.py: 2-digit x 1- or 2-digit multiplication), 500
+                  problems whose operand pairs the tiny base never saw; on by default with --model tiny.
 The last line printed is JSON: {"task", "n", "accuracy", ...}.
 """
 
@@ -24,8 +26,8 @@ from pathlib import Path
 import torch
 
 import rewards
-from sqlm import (TASK_MAX_NEW_TOKENS, TASKS, chat_prompt_ids, load_model, resolve_device, sample_in_chunks,
-                  solver_prompt, stop_token_ids)
+from sqlm import (TASK_MAX_NEW_TOKENS, TASKS, TINY_MAX_NEW_TOKENS, chat_prompt_ids, load_model, resolve_device,
+                  sample_in_chunks, solver_prompt, stop_token_ids)
 
 CODING_EVAL_FILE = Path(__file__).resolve().parent / "data" / "coding_eval.jsonl"
 TEST_SEED = 1  # the test sets; validation during training uses another seed (see VALIDATION_SEED)
@@ -118,14 +120,27 @@ def read_jsonl(path: str | Path) -> list[dict]:
         raise SystemExit(f"error: cannot read problems from {str(path)!r} ({error}); pass a JSON-lines file.")
 
 
-def load_problems(task: str, limit: int | None = None, data: str | None = None, seed: int = TEST_SEED) -> list[dict]:
-    """The task's problem set (or --data), first `limit` problems."""
+def tiny_problems(split: str = "test") -> list[dict]:
+    """The tiny demo's held-out problems (tiny.py): operand pairs never seen in its pretraining, in any role."""
+    import tiny
+
+    pairs = tiny.heldout_problems() if split == "test" else tiny.validation_problems()
+    return [{"question": question, "answer": str(answer)} for question, answer in pairs]
+
+
+def load_problems(task: str, limit: int | None = None, data: str | None = None, seed: int = TEST_SEED,
+                  tiny: bool = False) -> list[dict]:
+    """The task's problem set (or --data, or the tiny demo's held-out set), first `limit` problems."""
+    if tiny and task != "multiplication":
+        raise SystemExit("error: the tiny demo model only knows --task multiplication.")
     if data:
         problems = read_jsonl(data)
         key = "problem" if task == "coding" else "question"
         if not all(key in p and ("tests" if task == "coding" else "answer") in p for p in problems):
             wanted = '{"problem", "tests"}' if task == "coding" else '{"question", "answer"}'
             raise SystemExit(f"error: every line of {data!r} needs the keys {wanted} for --task {task}.")
+    elif tiny:
+        problems = tiny_problems("test")
     elif task == "multiplication":
         problems = multiplication_problems(seed=seed)
     elif task == "algebra":
@@ -137,9 +152,11 @@ def load_problems(task: str, limit: int | None = None, data: str | None = None, 
     return problems[:limit] if limit else problems
 
 
-def validation_problems(task: str, limit: int) -> list[dict]:
+def validation_problems(task: str, limit: int, tiny: bool = False) -> list[dict]:
     """Problems for choosing checkpoints during training: generated from VALIDATION_SEED, with every problem
     of the test set removed, so model selection never sees a test problem."""
+    if tiny:  # the tiny demo's validation pairs: disjoint from its test pairs by construction
+        return tiny_problems("validation")[:limit]
     if task == "coding":  # no generator: hold out the last problems of the shipped set
         return read_jsonl(CODING_EVAL_FILE)[-min(limit, 8):]
     test = {p["question"] for p in load_problems(task)}
@@ -187,16 +204,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="problems decoded together")
     parser.add_argument("--max-new-tokens", type=int, default=0, help="0 = the task's default")
     parser.add_argument("--show", type=int, default=0, help="print the first N completions")
+    parser.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=None,
+                        help="score on the tiny demo's held-out problems (default: on with --model tiny)")
     args = parser.parse_args(argv)
+    tiny = args.model == "tiny" if args.tiny is None else args.tiny
     if args.task not in TASKS:
         raise SystemExit(f"error: unknown --task {args.task!r}: choose one of {', '.join(TASKS)}.")
     if args.device not in ("auto", "cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
         raise SystemExit(f"error: --device {args.device!r} is not available here: use auto, cpu or cuda (with a GPU).")
     device = resolve_device(args.device)
-    problems = load_problems(args.task, args.limit, args.data)
+    problems = load_problems(args.task, args.limit, args.data, tiny=tiny)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer = load_model(args.model, device, dtype)
-    result = score(model, tokenizer, args.task, problems, stop_token_ids(model, tokenizer), args.max_new_tokens,
+    # The tiny base answers in ~40 tokens; a short budget keeps a rambling row from costing 1,024 CPU steps.
+    max_new_tokens = args.max_new_tokens or (TINY_MAX_NEW_TOKENS if tiny else 0)
+    result = score(model, tokenizer, args.task, problems, stop_token_ids(model, tokenizer), max_new_tokens,
                    args.batch_size)
     for text in result["completions"][:args.show]:
         print("---\n" + text, file=sys.stderr)

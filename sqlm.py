@@ -33,6 +33,7 @@ PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 TASKS = ("multiplication", "algebra", "coding")
 # Response budgets from the paper's Table 4: arithmetic 1024, algebra 3072, coding 512 tokens.
 TASK_MAX_NEW_TOKENS = {"multiplication": 1024, "algebra": 3072, "coding": 512}
+TINY_MAX_NEW_TOKENS = 64  # the tiny CPU demo model (tiny.py) answers in ~40 tokens
 
 
 # ============================================================================ config
@@ -47,10 +48,12 @@ class Config:
     steps: int = 100  # training steps (the paper reports the best checkpoint within 100)
     batch_size: int = 64  # topic prompts per step (B); B * num_generations questions per step
     num_generations: int = 4  # samples per prompt for both roles = the GRPO group size (N)
-    proposer_update_every: int = 5  # update the proposer every k-th step (0 = never); the solver every step
+    proposer_update_every: int = 5  # update the proposer every k-th step (0 or 'never' = never); the solver every step
     gate: str = "release"  # proposer reward for math: 'release' pays 1<k<N, 'paper' pays 0<k<N
+    solver_reward: str = "majority"  # math solver reward: 'majority' (SQLM) or 'format' (the paper's baseline)
+    question_pool: int = 0  # >0: pre-generate this many questions once, train the solver on them only (ablation)
     temperature: float = 1.0  # sampling temperature; log-probs are taken at the same temperature
-    max_new_tokens: int = 0  # response budget per completion (0 = the task's default from the paper)
+    max_new_tokens: int = 0  # response budget per completion (0 = the task's default from the paper; 64 for tiny)
     max_prompt_tokens: int = 512  # a question whose solver prompt is longer counts as invalid
     lr: float = 1e-6  # AdamW learning rate (constant)
     weight_decay: float = 0.01  # AdamW weight decay
@@ -70,6 +73,11 @@ class Config:
     samples_per_step: int = 16  # questions per step written to samples.jsonl (0 = all)
 
 
+def update_period(text: str) -> int:
+    """--proposer-update-every: a number of steps, or 'never' (= 0)."""
+    return 0 if text == "never" else int(text)
+
+
 def parse_config(argv: list[str] | None = None) -> Config:
     """Build argparse from the dataclass, so each field is a flag (--num-generations 8, --resume)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -78,7 +86,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
         if field.type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
         else:
-            parser.add_argument(flag, type=field.type, default=field.default)
+            kind = update_period if field.name == "proposer_update_every" else field.type
+            parser.add_argument(flag, type=kind, default=field.default)
     config = Config(**vars(parser.parse_args(argv)))
     check_config(config)
     return config
@@ -89,8 +98,14 @@ def check_config(config: Config) -> None:
     problems = []
     if config.task not in TASKS:
         problems.append(f"unknown --task {config.task!r}: choose one of {', '.join(TASKS)}")
+    if config.model == "tiny" and config.task != "multiplication":
+        problems.append("the tiny demo model (--model tiny) only knows --task multiplication")
     if config.gate not in ("release", "paper"):
         problems.append("--gate must be 'release' (1<k<N) or 'paper' (0<k<N)")
+    if config.solver_reward not in ("majority", "format") or (config.solver_reward == "format" and config.task == "coding"):
+        problems.append("--solver-reward must be 'majority' or 'format' (math tasks only)")
+    if config.proposer_update_every < 0 or config.question_pool < 0:
+        problems.append("--proposer-update-every and --question-pool must be >= 0")
     if config.num_generations < 2:
         problems.append("--num-generations must be at least 2: GRPO compares samples within a group")
     if config.batch_size < 1 or config.steps < 1 or config.mini_batch_size < 1:
@@ -348,13 +363,19 @@ class Episode:
     ref_logprobs: torch.Tensor | None = None  # [completion tokens], under the initial model
 
 
+def response_budget(config: Config) -> int:
+    """Max new tokens per completion: --max-new-tokens, else the paper's per-task budget (short for tiny)."""
+    return config.max_new_tokens or (TINY_MAX_NEW_TOKENS if config.model == "tiny" else TASK_MAX_NEW_TOKENS[config.task])
+
+
 def solver_prompt(task: str, question: str) -> str:
     if task == "coding":
         return read_prompt("coding_solver").replace("{problem}", question)
     return read_prompt("math_solver").replace("{question}", question)
 
 
-def score_questions(task: str, proposal_texts: list[str], completion_texts: list[list[str]], gate: str) -> list[dict]:
+def score_questions(task: str, proposal_texts: list[str], completion_texts: list[list[str]], gate: str,
+                    solver_reward: str = "majority") -> list[dict]:
     """Rewards for each question's N solver completions. Math votes; code runs against the proposer's own
     tests in sandbox.py, all programs of the step in one parallel batch."""
     if task == "coding":
@@ -376,6 +397,8 @@ def score_questions(task: str, proposal_texts: list[str], completion_texts: list
     for texts in completion_texts:
         answers = [rewards.extract_answer(text) for text in texts]
         solver_rewards, proposer_reward = rewards.math_rewards(answers, gate)
+        if solver_reward == "format":  # ablation: pay any parseable answer, right or wrong (proposer unchanged)
+            solver_rewards = rewards.format_rewards(answers)
         majority, count = rewards.majority_vote(answers)
         scored.append(dict(answers=answers, solver_rewards=solver_rewards, proposer_reward=proposer_reward,
                            majority=majority, majority_count=count))
@@ -394,18 +417,23 @@ def group_advantages(rewards_: torch.Tensor, valid: torch.Tensor) -> torch.Tenso
     return torch.where(valid, advantages, torch.zeros_like(advantages))
 
 
-def rollout(config: Config, model, tokenizer, stop_ids: list[int], seen_ngrams: set) -> tuple[list[Episode], list[Episode], list[dict], dict]:
+def rollout(config: Config, model, tokenizer, stop_ids: list[int], seen_ngrams: set, step: int = 0,
+            pool: list[list[int]] | None = None) -> tuple[list[Episode], list[Episode], list[dict], dict]:
     """Propose questions, solve each num_generations times, score. Returns proposer episodes, solver
     episodes, per-question records (for samples.jsonl) and rollout statistics."""
     n, task = config.num_generations, config.task
-    max_new_tokens = config.max_new_tokens or TASK_MAX_NEW_TOKENS[task]
+    max_new_tokens = response_budget(config)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     sample_args = dict(max_new_tokens=max_new_tokens, temperature=config.temperature, stop_ids=stop_ids,
                        pad_id=pad_id, chunk_size=config.rollout_batch_size, cuda_graph=config.cuda_graph)
 
     # 1. Propose: B copies of the topic prompt, N samples each (one GRPO group per copy).
     topic_ids = chat_prompt_ids(tokenizer, read_prompt(f"{task}_proposer"))
-    proposals = sample_in_chunks(model, [topic_ids] * (config.batch_size * n), **sample_args)
+    if pool is None:
+        proposals = sample_in_chunks(model, [topic_ids] * (config.batch_size * n), **sample_args)
+    else:  # --question-pool ablation: this step's questions are the next slice of the pre-generated pool
+        first = step * config.batch_size * n
+        proposals = [pool[(first + i) % len(pool)] for i in range(config.batch_size * n)]
 
     # 2. Parse each proposal into a question; an unparseable, unfinished or over-long one is invalid.
     questions, solver_prompts = [], []
@@ -426,7 +454,7 @@ def rollout(config: Config, model, tokenizer, stop_ids: list[int], seen_ngrams: 
     # 4. Score.
     groups = [answers[k * n:(k + 1) * n] for k in range(len(valid_rows))]
     texts = [[tokenizer.decode(c, skip_special_tokens=True) for c in group] for group in groups]
-    scores = score_questions(task, [questions[row][0] for row in valid_rows], texts, config.gate)
+    scores = score_questions(task, [questions[row][0] for row in valid_rows], texts, config.gate, config.solver_reward)
     records, proposer_rewards, solver_episodes = [], [0.0] * len(proposals), []
     for row, group, group_texts, scored in zip(valid_rows, groups, texts, scores):
         proposer_rewards[row] = scored["proposer_reward"]
@@ -668,6 +696,28 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def build_question_pool(config: Config, model, tokenizer, stop_ids: list[int], path: Path) -> list[list[int]]:
+    """--question-pool ablation (the paper's "pre-generate all problems up front"): ask the untrained proposer
+    once for config.question_pool proposals and keep those that parse. Saved to `path`, so a resumed run
+    reuses the same pool and a reader can look at it."""
+    if path.exists():
+        return json.loads(path.read_text())["proposal_ids"]
+    topic_ids = chat_prompt_ids(tokenizer, read_prompt(f"{config.task}_proposer"))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    proposals = sample_in_chunks(model, [topic_ids] * config.question_pool, response_budget(config), config.temperature,
+                                 stop_ids, pad_id, config.rollout_batch_size, config.cuda_graph)
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in proposals]
+    keep = [i for i, ids in enumerate(proposals)
+            if ids[-1:] and ids[-1] in stop_ids and rewards.parse_question(config.task, texts[i])]
+    if not keep:
+        raise SystemExit(f"error: none of the {config.question_pool} pre-generated proposals parsed as a question; "
+                         "the model cannot propose for this task.")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(dict(questions=[texts[i] for i in keep], proposal_ids=[proposals[i] for i in keep])))
+    tmp.replace(path)
+    return [proposals[i] for i in keep]
+
+
 def sync_weights(source, target) -> None:
     """Copy the fp32 master weights into the bf16 sampling copy after each update."""
     with torch.no_grad():
@@ -714,21 +764,23 @@ def main(argv: list[str] | None = None) -> None:
 
         # A validation split from another seed, minus any test problem: picking the best checkpoint never
         # looks at the test set that evaluate.py reports.
-        problems = evaluate.validation_problems(config.task, config.eval_limit)
-        validate = lambda: evaluate.score(sampler, tokenizer, config.task, problems, stop_ids, config.max_new_tokens)["accuracy"]
+        problems = evaluate.validation_problems(config.task, config.eval_limit, tiny=config.model == "tiny")
+        validate = lambda: evaluate.score(sampler, tokenizer, config.task, problems, stop_ids, response_budget(config))["accuracy"]
     initial_validation = validate() if validate and start_step == 0 else None
+    pool = build_question_pool(config, sampler, tokenizer, stop_ids, out / "question_pool.json") if config.question_pool else None
 
     progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc=config.task)
     for step in progress:
         started = time.time()
         policy.eval()
-        proposer_episodes, solver_episodes, records, stats = rollout(config, sampler, tokenizer, stop_ids, seen_ngrams)
+        proposer_episodes, solver_episodes, records, stats = rollout(config, sampler, tokenizer, stop_ids, seen_ngrams, step, pool)
         rollout_seconds = time.time() - started
         if device.type == "cuda":
             torch.cuda.empty_cache()  # hand the KV cache back before the update needs the memory
 
-        # The solver learns every step; the proposer only every k-th step, from this step's samples.
-        update_proposer = config.proposer_update_every > 0 and step % config.proposer_update_every == 0
+        # The solver learns every step; the proposer only every k-th step, from this step's samples (never when
+        # questions come from a pre-generated pool: there is no proposer in the loop then).
+        update_proposer = pool is None and config.proposer_update_every > 0 and step % config.proposer_update_every == 0
         episodes = solver_episodes + ([e for e in proposer_episodes if e.trained] if update_proposer else [])
         policy.train()
         update = dict(loss=None, kl=None, grad_norm=None, optimizer_steps=0, skipped_nonfinite=0)  # nothing to learn

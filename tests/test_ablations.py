@@ -1,0 +1,73 @@
+"""The ablation flags (issue: quick ablations): each changes what it should and nothing else."""
+
+import json
+
+import pytest
+
+import sqlm
+from test_train import FAST, fake_proposals, read_jsonl, run
+
+QUESTIONS = ["12 * 34", "5 * 6", "7 * 8", "9 * 10"]
+
+
+def short_run(model_dir, out, monkeypatch, *flags, steps=3):
+    tokenizer = sqlm.load_model(str(model_dir), sqlm.torch.device("cpu"))[1]
+    fake_proposals(monkeypatch, tokenizer, QUESTIONS)
+    run(["--model", model_dir, "--steps", steps, "--out", out, *FAST, *flags])
+    return read_jsonl(out / "metrics.jsonl"), read_jsonl(out / "samples.jsonl")
+
+
+def test_never_is_a_proposer_period():
+    assert sqlm.parse_config(["--proposer-update-every", "never"]).proposer_update_every == 0
+    assert sqlm.parse_config(["--proposer-update-every", "10"]).proposer_update_every == 10
+
+
+@pytest.mark.parametrize("period, updated", [(1, [True, True, True]), (2, [True, False, True]),
+                                             ("never", [False, False, False])])
+def test_proposer_period_changes_only_when_the_proposer_learns(varied_dir, tmp_path, monkeypatch, period, updated):
+    metrics, samples = short_run(varied_dir, tmp_path / "run", monkeypatch, "--proposer-update-every", period)
+    assert [m["proposer_updated"] for m in metrics] == updated
+    # Step 0 samples before any update: identical whatever the period (nothing else changed).
+    baseline, _ = short_run(varied_dir, tmp_path / "baseline", monkeypatch, steps=1)
+    assert metrics[0]["solver_reward"] == baseline[0]["solver_reward"]
+    assert metrics[0]["sampled_tokens"] == baseline[0]["sampled_tokens"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["proposer_update_every"] == sqlm.update_period(str(period))
+
+
+def test_gate_changes_only_the_proposer_reward():
+    answers = [["<answer>1</answer>", "<answer>2</answer>", "<answer>3</answer>", "<answer>4</answer>"],  # count 1
+               ["<answer>5</answer>", "<answer>5</answer>", "<answer>6</answer>", "<answer>7</answer>"]]  # count 2
+    release = sqlm.score_questions("multiplication", ["q", "q"], answers, "release")
+    paper = sqlm.score_questions("multiplication", ["q", "q"], answers, "paper")
+    assert [r["proposer_reward"] for r in release] == [0.0, 1.0]
+    assert [r["proposer_reward"] for r in paper] == [1.0, 1.0]
+    assert [r["solver_rewards"] for r in release] == [r["solver_rewards"] for r in paper]
+
+
+def test_format_reward_pays_any_parseable_answer():
+    answers = [["<answer>5</answer>", "<answer>5</answer>", "<answer>6</answer>", "no answer"]]
+    majority = sqlm.score_questions("multiplication", ["q"], answers, "release", "majority")[0]
+    format_only = sqlm.score_questions("multiplication", ["q"], answers, "release", "format")[0]
+    assert majority["solver_rewards"] == [1.0, 1.0, 0.0, 0.0]
+    assert format_only["solver_rewards"] == [1.0, 1.0, 1.0, 0.0]
+    assert format_only["proposer_reward"] == majority["proposer_reward"] == 1.0  # the proposer is paid as before
+
+
+def test_format_reward_is_refused_for_code():
+    with pytest.raises(SystemExit, match="solver-reward"):
+        sqlm.parse_config(["--task", "coding", "--solver-reward", "format"])
+
+
+def test_question_pool_is_generated_once_and_reused(varied_dir, tmp_path, monkeypatch):
+    out = tmp_path / "pool"
+    metrics, samples = short_run(varied_dir, out, monkeypatch, "--question-pool", 6, "--save-every", 1)
+    pool = json.loads((out / "question_pool.json").read_text())
+    assert pool["questions"] == [QUESTIONS[i % 4] for i in range(6)]
+    # Each step takes the next batch_size * num_generations = 4 questions of the pool, wrapping around.
+    assert [s["question"] for s in samples if s["step"] == 1] == [pool["questions"][i % 6] for i in range(4, 8)]
+    assert not any(m["proposer_updated"] for m in metrics)  # no proposer in the loop
+    # A resumed run reads the same pool instead of asking the proposer again.
+    fake_proposals(monkeypatch, sqlm.load_model(str(varied_dir), sqlm.torch.device("cpu"))[1], ["99 * 99"])
+    run(["--model", varied_dir, "--steps", 4, "--out", out, *FAST, "--question-pool", 6, "--resume"])
+    last = [s["question"] for s in read_jsonl(out / "samples.jsonl") if s["step"] == 3]
+    assert last == [pool["questions"][i % 6] for i in range(12, 16)]

@@ -607,11 +607,57 @@ def evaluate_tiny_base(path, n: int = 500, votes: int = 4, seed: int = 0) -> dic
     return results
 
 
-if __name__ == "__main__":
-    # `python tiny.py`: build (or reuse) the tiny base and print how good it is.
-    torch.set_num_threads(2)
+# ============================================================================= the laptop demo
+#
+# python tiny.py demo --seed 0 --out runs/tiny-demo-0
+#
+# Held-out greedy accuracy of the tiny base, then SQLM self-play through sqlm.py exactly as for a Qwen run
+# (no labels anywhere), then the same held-out accuracy again. Flags after the known ones go to sqlm.py.
+
+DEMO_FLAGS = ["--steps", "30", "--batch-size", "8", "--num-generations", "8", "--lr", "5e-5", "--eval-every", "5",
+              "--device", "cpu"]
+
+
+def heldout_accuracy(model_path: str) -> float:
+    """Greedy accuracy on the 500 held-out problems (evaluate.py --tiny), through the project's own sampler."""
+    import evaluate
+    import sqlm
+
+    model, tokenizer = sqlm.load_model(model_path, torch.device("cpu"))
+    stop_ids = sqlm.stop_token_ids(model, tokenizer)
+    return evaluate.score(model, tokenizer, "multiplication", evaluate.tiny_problems("test"), stop_ids,
+                          sqlm.TINY_MAX_NEW_TOKENS)["accuracy"]
+
+
+def demo(seed: int, out: str, extra_flags: list[str]) -> dict:
+    import sqlm
+
     started = time.time()
-    base = load_or_build_tiny_base()
-    print(f"tiny base at {base} ({time.time() - started:.0f}s)")
-    for name, value in evaluate_tiny_base(base).items():
-        print(f"{name:40s} {value}")
+    before = heldout_accuracy("tiny")
+    sqlm.main(["--model", "tiny", "--seed", str(seed), "--out", out, *DEMO_FLAGS, *extra_flags])
+    result = dict(seed=seed, out=out, heldout_problems=len(heldout_problems()), accuracy_before=before,
+                  accuracy_after=heldout_accuracy(str(Path(out) / "checkpoint")))
+    if (Path(out) / "checkpoint-best").exists():  # chosen on the validation pairs, never on these
+        result["accuracy_best_by_validation"] = heldout_accuracy(str(Path(out) / "checkpoint-best"))
+    result["seconds"] = round(time.time() - started, 1)
+    return result
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Build the tiny base (no command) or run the CPU demo (demo).")
+    parser.add_argument("command", nargs="?", choices=["demo"], help="demo: self-play + before/after accuracy")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/tiny-demo")
+    args, extra = parser.parse_known_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))  # the demo's budget: 2 CPU cores
+    if args.command == "demo":
+        print(json.dumps(demo(args.seed, args.out, extra)))
+    else:
+        started = time.time()
+        base = load_or_build_tiny_base()
+        print(f"tiny base at {base} ({time.time() - started:.0f}s)")
+        for name, value in evaluate_tiny_base(base).items():
+            print(f"{name:40s} {value}")

@@ -50,7 +50,7 @@ class Config:
     num_generations: int = 4  # samples per prompt for both roles = the GRPO group size (N)
     proposer_update_every: int = 5  # update the proposer every k-th step (0 or 'never' = never); the solver every step
     gate: str = "release"  # proposer reward for math: 'release' pays 1<k<N, 'paper' pays 0<k<N
-    solver_reward: str = "majority"  # math solver reward: 'majority' (SQLM) or 'format' (the paper's baseline)
+    solver_reward: str = "majority"  # math: 'majority' (SQLM), 'format' (paper's baseline), 'truth' (uses labels!)
     question_pool: int = 0  # >0: pre-generate this many questions once, train the solver on them only (ablation)
     temperature: float = 1.0  # sampling temperature; log-probs are taken at the same temperature
     max_new_tokens: int = 0  # response budget per completion (0 = the task's default from the paper; 64 for tiny)
@@ -102,8 +102,10 @@ def check_config(config: Config) -> None:
         problems.append("the tiny demo model (--model tiny) only knows --task multiplication")
     if config.gate not in ("release", "paper"):
         problems.append("--gate must be 'release' (1<k<N) or 'paper' (0<k<N)")
-    if config.solver_reward not in ("majority", "format") or (config.solver_reward == "format" and config.task == "coding"):
-        problems.append("--solver-reward must be 'majority' or 'format' (math tasks only)")
+    if config.solver_reward not in ("majority", "format", "truth") or (config.solver_reward != "majority" and config.task == "coding"):
+        problems.append("--solver-reward must be 'majority', 'format' (math tasks) or 'truth' (multiplication)")
+    if config.solver_reward == "truth" and config.task != "multiplication":
+        problems.append("--solver-reward truth needs questions that can be checked exactly: --task multiplication")
     if config.proposer_update_every < 0 or config.question_pool < 0:
         problems.append("--proposer-update-every and --question-pool must be >= 0")
     if config.num_generations < 2:
@@ -394,11 +396,14 @@ def score_questions(task: str, proposal_texts: list[str], completion_texts: list
                                proposer_reward=proposer_reward))
         return scored
     scored = []
-    for texts in completion_texts:
+    for question, texts in zip(proposal_texts, completion_texts):
         answers = [rewards.extract_answer(text) for text in texts]
         solver_rewards, proposer_reward = rewards.math_rewards(answers, gate)
         if solver_reward == "format":  # ablation: pay any parseable answer, right or wrong (proposer unchanged)
             solver_rewards = rewards.format_rewards(answers)
+        if solver_reward == "truth":  # diagnostic upper bound that USES LABELS: pay the exactly right answer
+            value = curriculum.safe_eval(question)
+            solver_rewards = [float(value is not None and a == curriculum.format_answer(value)) for a in answers]
         majority, count = rewards.majority_vote(answers)
         scored.append(dict(answers=answers, solver_rewards=solver_rewards, proposer_reward=proposer_reward,
                            majority=majority, majority_count=count))

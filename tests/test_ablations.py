@@ -71,3 +71,14 @@ def test_question_pool_is_generated_once_and_reused(varied_dir, tmp_path, monkey
     run(["--model", varied_dir, "--steps", 4, "--out", out, *FAST, "--question-pool", 6, "--resume"])
     last = [s["question"] for s in read_jsonl(out / "samples.jsonl") if s["step"] == 3]
     assert last == [pool["questions"][i % 6] for i in range(12, 16)]
+
+
+def test_truth_reward_pays_the_exact_answer_and_leaves_the_proposer_alone():
+    answers = [["<answer>36</answer>", "<answer>35</answer>", "<answer>35</answer>", "no answer"]]
+    majority = sqlm.score_questions("multiplication", ["12 * 3"], answers, "release", "majority")[0]
+    truth = sqlm.score_questions("multiplication", ["12 * 3"], answers, "release", "truth")[0]
+    assert majority["solver_rewards"] == [0.0, 1.0, 1.0, 0.0]  # the majority is wrong here
+    assert truth["solver_rewards"] == [1.0, 0.0, 0.0, 0.0]
+    assert truth["proposer_reward"] == majority["proposer_reward"] == 1.0
+    with pytest.raises(SystemExit, match="checked exactly"):
+        sqlm.parse_config(["--task", "algebra", "--solver-reward", "truth"])

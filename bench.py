@@ -1,6 +1,6 @@
 """Time the project's sampler against model.generate, and one full SQLM training step, on one model.
 
-    python bench.py --model runs/tiny --device cpu                  # any checkpoint
+    python bench.py --model runs/tiny --device cpu                  # any checkpoint (small sizes on CPU)
     python bench.py --config-only qwen2.5-1.5b --device cuda        # random weights, real Qwen2.5 shapes
 
 Both decoders get the same prompts, batch and lengths, with stopping disabled so every row decodes exactly
@@ -28,6 +28,11 @@ QWEN25_CONFIGS = {
                        num_key_value_heads=2, tie_word_embeddings=True),
 }
 HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12}  # the cards' datasheet memory bandwidth
+# Default sizes: the paper's batch and lengths on a GPU; on CPU a size a laptop finishes in about a minute.
+SIZES = {
+    "cuda": dict(batch=256, prompt_tokens=128, new_tokens=1024, step_sequences=1280),
+    "cpu": dict(batch=32, prompt_tokens=32, new_tokens=64, step_sequences=64),
+}
 
 
 def random_qwen(name: str, dtype: torch.dtype, device: torch.device):
@@ -58,10 +63,11 @@ def main() -> None:
     parser.add_argument("--model", help="checkpoint directory or hub name")
     parser.add_argument("--config-only", choices=sorted(QWEN25_CONFIGS), help="random weights of a real shape")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch", type=int, default=256, help="sequences decoded together (rollout chunk)")
-    parser.add_argument("--prompt-tokens", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=1024, help="the paper's arithmetic response budget")
-    parser.add_argument("--step-sequences", type=int, default=1280, help="64 prompts x 4 proposals + 256 x 4 answers")
+    # Sizes default to the paper's on CUDA, and to a small laptop-sized run on CPU (see SIZES).
+    parser.add_argument("--batch", type=int, help="sequences decoded together (rollout chunk)")
+    parser.add_argument("--prompt-tokens", type=int)
+    parser.add_argument("--new-tokens", type=int, help="response length (the paper's arithmetic budget: 1024)")
+    parser.add_argument("--step-sequences", type=int, help="paper: 64 prompts x 4 proposals + 256 x 4 answers")
     parser.add_argument("--micro-batch-tokens", type=int, default=sqlm.Config.micro_batch_tokens)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--no-cuda-graph", action="store_true")
@@ -70,6 +76,9 @@ def main() -> None:
     if bool(args.model) == bool(args.config_only):
         raise SystemExit("error: pass exactly one of --model DIR and --config-only NAME.")
     device = sqlm.resolve_device(args.device)
+    for name, value in SIZES[device.type].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     low = torch.bfloat16 if device.type == "cuda" else torch.float32
 
     # The same three models sqlm.main holds: fp32 policy, low-precision sampling copy, frozen reference.

@@ -102,7 +102,8 @@ def check_config(config: Config) -> None:
         problems.append("the tiny demo model (--model tiny) only knows --task multiplication")
     if config.gate not in ("release", "paper"):
         problems.append("--gate must be 'release' (1<k<N) or 'paper' (0<k<N)")
-    if config.solver_reward not in ("majority", "format", "truth") or (config.solver_reward != "majority" and config.task == "coding"):
+    if config.solver_reward not in ("majority", "format", "truth") or (
+            config.solver_reward != "majority" and config.task == "coding"):
         problems.append("--solver-reward must be 'majority', 'format' (math tasks) or 'truth' (multiplication)")
     if config.solver_reward == "truth" and config.task != "multiplication":
         problems.append("--solver-reward truth needs questions that can be checked exactly: --task multiplication")
@@ -367,7 +368,9 @@ class Episode:
 
 def response_budget(config: Config) -> int:
     """Max new tokens per completion: --max-new-tokens, else the paper's per-task budget (short for tiny)."""
-    return config.max_new_tokens or (TINY_MAX_NEW_TOKENS if config.model == "tiny" else TASK_MAX_NEW_TOKENS[config.task])
+    if config.max_new_tokens:
+        return config.max_new_tokens
+    return TINY_MAX_NEW_TOKENS if config.model == "tiny" else TASK_MAX_NEW_TOKENS[config.task]
 
 
 def solver_prompt(task: str, question: str) -> str:
@@ -770,15 +773,19 @@ def main(argv: list[str] | None = None) -> None:
         # A validation split from another seed, minus any test problem: picking the best checkpoint never
         # looks at the test set that evaluate.py reports.
         problems = evaluate.validation_problems(config.task, config.eval_limit, tiny=config.model == "tiny")
-        validate = lambda: evaluate.score(sampler, tokenizer, config.task, problems, stop_ids, response_budget(config))["accuracy"]
+        validate = lambda: evaluate.score(sampler, tokenizer, config.task, problems, stop_ids,
+                                          response_budget(config))["accuracy"]
     initial_validation = validate() if validate and start_step == 0 else None
-    pool = build_question_pool(config, sampler, tokenizer, stop_ids, out / "question_pool.json") if config.question_pool else None
+    pool = None  # --question-pool ablation: every question is asked for once, here, before training
+    if config.question_pool:
+        pool = build_question_pool(config, sampler, tokenizer, stop_ids, out / "question_pool.json")
 
     progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc=config.task)
     for step in progress:
         started = time.time()
         policy.eval()
-        proposer_episodes, solver_episodes, records, stats = rollout(config, sampler, tokenizer, stop_ids, seen_ngrams, step, pool)
+        proposer_episodes, solver_episodes, records, stats = rollout(config, sampler, tokenizer, stop_ids, seen_ngrams,
+                                                                     step, pool)
         rollout_seconds = time.time() - started
         if device.type == "cuda":
             torch.cuda.empty_cache()  # hand the KV cache back before the update needs the memory

@@ -105,7 +105,7 @@ def draw(figure_path: Path, panels, groups: dict, window: int, title: str) -> No
             axis.legend(fontsize=7)
     figure.suptitle(title + (f" (rewards smoothed over {window} steps)" if window > 1 else ""))
     figure.tight_layout()
-    figure.savefig(figure_path, dpi=110)
+    figure.savefig(figure_path, dpi=90)
     plt.close(figure)
 
 
@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, panels in (("training", TRAINING_PANELS), ("curriculum", CURRICULUM_PANELS)):
         path = Path(f"{prefix}{joiner}{name}.png")
         path.parent.mkdir(parents=True, exist_ok=True)
-        draw(path, panels, groups, max(1, args.smooth), f"SQLM {name}: " + ", ".join(str(r) for r in args.runs)[:120])
+        runs = str(args.runs[0]) if len(args.runs) == 1 else f"{len(args.runs)} runs, {len(groups)} settings"
+        draw(path, panels, groups, max(1, args.smooth), f"SQLM {name}: {runs}")
         outputs.append(str(path))
     print(json.dumps({"plots": outputs}))
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 import rewards
-from sqlm import (TASK_MAX_NEW_TOKENS, TASKS, TINY_MAX_NEW_TOKENS, chat_prompt_ids, load_model, resolve_device,
-                  sample_in_chunks, solver_prompt, stop_token_ids)
+from sqlm import (TASK_MAX_NEW_TOKENS, TASKS, TINY_MAX_NEW_TOKENS, chat_prompt_ids, load_model, pad_token_id,
+                  resolve_device, sample_in_chunks, solver_prompt, stop_token_ids)
 
 CODING_EVAL_FILE = Path(__file__).resolve().parent / "data" / "coding_eval.jsonl"
 TEST_SEED = 1  # the test sets; validation during training uses another seed (see VALIDATION_SEED)
@@ -182,11 +182,10 @@ def score(model, tokenizer, task: str, problems: list[dict], stop_ids: list[int]
     """Greedy decoding, one sample per problem."""
     key = "problem" if task == "coding" else "question"
     prompts = [chat_prompt_ids(tokenizer, solver_prompt(task, p[key])) for p in problems]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     was_training = model.training
     model.eval()
     completions = sample_in_chunks(model, prompts, max_new_tokens or TASK_MAX_NEW_TOKENS[task], 0.0, stop_ids,
-                                   pad_id, batch_size)
+                                   pad_token_id(tokenizer, stop_ids), batch_size)
     model.train(was_training)
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
     correct = [is_correct(task, p, t) for p, t in zip(problems, texts)]

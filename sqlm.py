@@ -159,6 +159,11 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def pad_token_id(tokenizer, stop_ids: list[int]) -> int:
+    """The id written into padding slots: the tokenizer's pad token, else a stop token (padding is masked)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+
+
 def chat_prompt_ids(tokenizer, user_message: str) -> list[int]:
     """One user turn through the model's chat template, ending with the assistant header."""
     text = tokenizer.apply_chat_template(
@@ -373,6 +378,14 @@ def response_budget(config: Config) -> int:
     return TINY_MAX_NEW_TOKENS if config.model == "tiny" else TASK_MAX_NEW_TOKENS[config.task]
 
 
+def parse_proposal(task: str, tokenizer, completion: list[int], stop_ids: list[int]) -> tuple[str, str | None]:
+    """(decoded text, question) of one proposal; the question is None if the proposal never finished (no stop
+    token: cut off by the length budget) or does not parse."""
+    text = tokenizer.decode(completion, skip_special_tokens=True)
+    finished = bool(completion) and completion[-1] in stop_ids
+    return text, rewards.parse_question(task, text) if finished else None
+
+
 def solver_prompt(task: str, question: str) -> str:
     if task == "coding":
         return read_prompt("coding_solver").replace("{problem}", question)
@@ -404,7 +417,7 @@ def score_questions(task: str, proposal_texts: list[str], completion_texts: list
         solver_rewards, proposer_reward = rewards.math_rewards(answers, gate)
         if solver_reward == "format":  # ablation: pay any parseable answer, right or wrong (proposer unchanged)
             solver_rewards = rewards.format_rewards(answers)
-        if solver_reward == "truth":  # diagnostic upper bound that USES LABELS: pay the exactly right answer
+        elif solver_reward == "truth":  # diagnostic upper bound that USES LABELS: pay the exactly right answer
             value = curriculum.safe_eval(question)
             solver_rewards = [float(value is not None and a == curriculum.format_answer(value)) for a in answers]
         majority, count = rewards.majority_vote(answers)
@@ -431,9 +444,9 @@ def rollout(config: Config, model, tokenizer, stop_ids: list[int], seen_ngrams: 
     episodes, per-question records (for samples.jsonl) and rollout statistics."""
     n, task = config.num_generations, config.task
     max_new_tokens = response_budget(config)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     sample_args = dict(max_new_tokens=max_new_tokens, temperature=config.temperature, stop_ids=stop_ids,
-                       pad_id=pad_id, chunk_size=config.rollout_batch_size, cuda_graph=config.cuda_graph)
+                       pad_id=pad_token_id(tokenizer, stop_ids), chunk_size=config.rollout_batch_size,
+                       cuda_graph=config.cuda_graph)
 
     # 1. Propose: B copies of the topic prompt, N samples each (one GRPO group per copy).
     topic_ids = chat_prompt_ids(tokenizer, read_prompt(f"{task}_proposer"))
@@ -446,8 +459,7 @@ def rollout(config: Config, model, tokenizer, stop_ids: list[int], seen_ngrams: 
     # 2. Parse each proposal into a question; an unparseable, unfinished or over-long one is invalid.
     questions, solver_prompts = [], []
     for completion in proposals:
-        text = tokenizer.decode(completion, skip_special_tokens=True)
-        question = rewards.parse_question(task, text) if completion[-1:] and completion[-1] in stop_ids else None
+        text, question = parse_proposal(task, tokenizer, completion, stop_ids)
         prompt_ids = chat_prompt_ids(tokenizer, solver_prompt(task, question)) if question else None
         if prompt_ids is not None and len(prompt_ids) > config.max_prompt_tokens:
             question, prompt_ids = None, None
@@ -711,17 +723,16 @@ def build_question_pool(config: Config, model, tokenizer, stop_ids: list[int], p
     if path.exists():
         return json.loads(path.read_text())["proposal_ids"]
     topic_ids = chat_prompt_ids(tokenizer, read_prompt(f"{config.task}_proposer"))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     proposals = sample_in_chunks(model, [topic_ids] * config.question_pool, response_budget(config), config.temperature,
-                                 stop_ids, pad_id, config.rollout_batch_size, config.cuda_graph)
-    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in proposals]
-    keep = [i for i, ids in enumerate(proposals)
-            if ids[-1:] and ids[-1] in stop_ids and rewards.parse_question(config.task, texts[i])]
+                                 stop_ids, pad_token_id(tokenizer, stop_ids), config.rollout_batch_size,
+                                 config.cuda_graph)
+    parsed = [parse_proposal(config.task, tokenizer, ids, stop_ids) for ids in proposals]  # (text, question)
+    keep = [i for i, (_, question) in enumerate(parsed) if question]
     if not keep:
         raise SystemExit(f"error: none of the {config.question_pool} pre-generated proposals parsed as a question; "
                          "the model cannot propose for this task.")
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(dict(questions=[texts[i] for i in keep], proposal_ids=[proposals[i] for i in keep])))
+    tmp.write_text(json.dumps(dict(questions=[parsed[i][0] for i in keep], proposal_ids=[proposals[i] for i in keep])))
     tmp.replace(path)
     return [proposals[i] for i in keep]
 

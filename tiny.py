@@ -568,15 +568,17 @@ def evaluate_tiny_base(path, n: int = 500, votes: int = 4, seed: int = 0) -> dic
         values = list(values)
         return sum(values) / len(values) if values else float("nan")
 
-    def split_accuracy(correct: list[bool]) -> tuple[float, float]:
-        """(accuracy on two-digit x one-digit, accuracy on two-digit x two-digit)."""
-        easy = mean(c for c, is_easy in zip(correct, one_digit) if is_easy)
-        hard = mean(c for c, is_easy in zip(correct, one_digit) if not is_easy)
+    def split_accuracy(correct: list[bool], keep: list[bool] | None = None) -> tuple[float, float]:
+        """(accuracy on two-digit x one-digit, accuracy on two-digit x two-digit), over the problems in `keep`."""
+        keep = keep or [True] * len(correct)
+        easy = mean(c for c, is_easy, k in zip(correct, one_digit, keep) if k and is_easy)
+        hard = mean(c for c, is_easy, k in zip(correct, one_digit, keep) if k and not is_easy)
         return easy, hard
 
     greedy_correct = [g == t for g, t in zip(greedy, truths)]
     sample_correct = [mean(s == t for s in group) for group, t in zip(groups, truths)]
     majority_correct = [answer == t for (answer, _), t in zip(majorities, truths)]
+    in_band = [1 < count < votes for _, count in majorities]  # the questions the proposer is paid for
     results = {
         "greedy_accuracy": mean(greedy_correct),
         "greedy_accuracy_2x1_2x2": split_accuracy(greedy_correct),
@@ -587,7 +589,10 @@ def evaluate_tiny_base(path, n: int = 500, votes: int = 4, seed: int = 0) -> dic
         f"majority_of_{votes}_accuracy": mean(majority_correct),
         f"majority_of_{votes}_accuracy_2x1_2x2": split_accuracy(majority_correct),
         # How often the proposer would be rewarded for these questions (release gate: 1 < count < votes).
-        "proposer_reward_rate": mean(1 < count < votes for _, count in majorities),
+        "proposer_reward_rate": mean(in_band),
+        # Is the pseudo-label right where the proposer is paid? Self-play needs this well above 50%.
+        "in_band_majority_accuracy_2x1_2x2": split_accuracy(majority_correct, in_band),
+        "in_band_share_2x2": mean(not is_easy for is_easy, b in zip(one_digit, in_band) if b),
         "majority_count_histogram": {k: sum(count == k for _, count in majorities) for k in range(votes + 1)},
     }
 
@@ -652,6 +657,7 @@ if __name__ == "__main__":
     parser.add_argument("command", nargs="?", choices=["demo"], help="demo: self-play + before/after accuracy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/tiny-demo")
+    parser.add_argument("--votes", type=int, default=4, help="samples per problem for the base's report")
     args, extra = parser.parse_known_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))  # the demo's budget: 2 CPU cores
     if args.command == "demo":
@@ -660,5 +666,5 @@ if __name__ == "__main__":
         started = time.time()
         base = load_or_build_tiny_base()
         print(f"tiny base at {base} ({time.time() - started:.0f}s)")
-        for name, value in evaluate_tiny_base(base).items():
+        for name, value in evaluate_tiny_base(base, votes=args.votes).items():
             print(f"{name:40s} {value}")

@@ -541,10 +541,11 @@ def generate_completions(model, tokenizer, prompts: list[list[int]], temperature
     return completions
 
 
-def evaluate_tiny_base(path, n: int = 500, votes: int = 4, seed: int = 0) -> dict:
+def evaluate_tiny_base(path, n: int = 500, votes: int = 4, seed: int = 0, temperature: float = 1.0) -> dict:
     """The numbers that matter for self-play, on `n` held-out problems:
 
-    greedy accuracy; accuracy of one temperature-1 sample (averaged over `votes` samples per problem);
+    greedy accuracy; accuracy of one sample at `temperature` (1, as in training, unless asked otherwise;
+    averaged over `votes` samples per problem);
     accuracy of the majority vote of `votes` samples (the pseudo-label self-play trains towards);
     how often answers are well-formed; and what the model proposes from the proposer prompt."""
     # Imported here, not at the top: only this measurement needs the project's answer parsing.
@@ -559,7 +560,7 @@ def evaluate_tiny_base(path, n: int = 500, votes: int = 4, seed: int = 0) -> dic
     one_digit = [parse_operands(question)[1] < 10 for question, _ in problems]
 
     greedy = [extract_answer(text) for text in generate_completions(model, tokenizer, prompts, temperature=0.0)]
-    sampled_texts = generate_completions(model, tokenizer, [p for p in prompts for _ in range(votes)], temperature=1.0)
+    sampled_texts = generate_completions(model, tokenizer, [p for p in prompts for _ in range(votes)], temperature)
     sampled = [extract_answer(text) for text in sampled_texts]
     groups = [sampled[i * votes : (i + 1) * votes] for i in range(n)]
     majorities = [majority_vote(group) for group in groups]
@@ -658,13 +659,17 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/tiny-demo")
     parser.add_argument("--votes", type=int, default=4, help="samples per problem for the base's report")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="sampling temperature: of the report's votes (default 1), or passed on to sqlm.py by demo")
     args, extra = parser.parse_known_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))  # the demo's budget: 2 CPU cores
     if args.command == "demo":
+        if args.temperature is not None:  # parsed here because the report uses it too; it belongs to sqlm.py
+            extra += ["--temperature", str(args.temperature)]
         print(json.dumps(demo(args.seed, args.out, extra)))
     else:
         started = time.time()
         base = load_or_build_tiny_base()
         print(f"tiny base at {base} ({time.time() - started:.0f}s)")
-        for name, value in evaluate_tiny_base(base, votes=args.votes).items():
+        for name, value in evaluate_tiny_base(base, votes=args.votes, temperature=1.0 if args.temperature is None else args.temperature).items():
             print(f"{name:40s} {value}")

@@ -205,3 +205,16 @@ def test_shared_prefix_forward_scores_the_first_reply_token():
         plain_loss = model(**tiny.pad_batch(examples, tokenizer.pad_token_id)).loss
     assert tokens == len(tokenizer.encode("37 * 8", add_special_tokens=False)) + 1
     assert torch.allclose(shared_loss / tokens, plain_loss, atol=1e-5)
+
+
+def test_base_report_counts_votes_at_the_asked_temperature(tmp_path):
+    """`python tiny.py --votes N --temperature T`: the report's vote statistics are over N samples per problem."""
+    tiny_sizes = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
+    path = tiny.pretrain_tiny_base(
+        tmp_path / "base", max_steps=1, eval_every=1, batch_size=4, log=lambda line: None, **tiny_sizes
+    )
+    report = tiny.evaluate_tiny_base(path, n=3, votes=2, temperature=0.5)
+    assert "majority_of_2_accuracy" in report
+    assert sum(report["majority_count_histogram"].values()) == 3  # one majority per problem
+    assert set(report["majority_count_histogram"]) == {0, 1, 2}
+    assert 0.0 <= report["greedy_accuracy"] <= 1.0

@@ -35,6 +35,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+import sqlm  # the project's prompts and chat encoding, so pretraining sees exactly what self-play will
+
 # Paths are resolved relative to this file so the module works from any working directory.
 REPO_ROOT = Path(__file__).resolve().parent
 PROMPTS_DIR = REPO_ROOT / "prompts"
@@ -290,12 +292,12 @@ def sample_training_problem(rng: random.Random) -> tuple[str, int]:
 
 def proposer_prompt_text() -> str:
     """The user turn that asks for a multiplication question (the project's proposer prompt, verbatim)."""
-    return (PROMPTS_DIR / "multiplication_proposer.txt").read_text().strip()
+    return sqlm.read_prompt("multiplication_proposer")
 
 
 def solver_prompt_text(question: str) -> str:
     """The user turn that asks for a solution (the project's math solver prompt with the question filled in)."""
-    return (PROMPTS_DIR / "math_solver.txt").read_text().strip().replace("{question}", question)
+    return sqlm.solver_prompt("multiplication", question)
 
 
 def solver_completion(question: str, answer: int) -> str:
@@ -314,19 +316,11 @@ def solver_completion(question: str, answer: int) -> str:
     return f"<think> {question} = {steps} = {answer} </think> <answer> {answer} </answer>"
 
 
-def prompt_ids(tokenizer, user_text: str) -> list[int]:
-    """Token ids of a one-user-turn chat plus the assistant header - exactly what the model is fed when it
-    is asked to generate, so training and sampling see identical token sequences."""
-    messages = [{"role": "user", "content": user_text}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer.encode(text, add_special_tokens=False)
-
-
 def transcript_ids(tokenizer, user_text: str, completion: str) -> tuple[list[int], list[int]]:
     """(input_ids, labels) for one ChatML exchange. Labels are -100 (ignored by the loss) on the prompt, and
     the token ids on the assistant's reply and its closing <|im_end|>: the model learns to answer and to stop,
     not to predict the prompt."""
-    prompt = prompt_ids(tokenizer, user_text)
+    prompt = sqlm.chat_prompt_ids(tokenizer, user_text)
     reply = tokenizer.encode(completion, add_special_tokens=False) + [tokenizer.eos_token_id]
     return prompt + reply, [-100] * len(prompt) + reply
 
@@ -461,7 +455,7 @@ def pretrain_tiny_base(
     # Each role's transcripts share a prompt prefix: the solver's instructions before the question, or the
     # whole proposer prompt but its last token (whose logit must predict the proposal's first token).
     solver_prefix = solver_prefix_ids(tokenizer)
-    proposer_prefix = prompt_ids(tokenizer, proposer_prompt_text())[:-1]
+    proposer_prefix = sqlm.chat_prompt_ids(tokenizer, proposer_prompt_text())[:-1]
     validation = validation_problems()
     started = time.time()
     for step in range(1, max_steps + 1):
@@ -555,7 +549,7 @@ def evaluate_tiny_base(path, n: int = 500, votes: int = 4, seed: int = 0, temper
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     torch.manual_seed(seed)  # sampling below is then reproducible
     problems = heldout_problems(n)
-    prompts = [prompt_ids(tokenizer, solver_prompt_text(question)) for question, _ in problems]
+    prompts = [sqlm.chat_prompt_ids(tokenizer, solver_prompt_text(question)) for question, _ in problems]
     truths = [str(answer) for _, answer in problems]
     one_digit = [parse_operands(question)[1] < 10 for question, _ in problems]
 
@@ -597,7 +591,7 @@ def evaluate_tiny_base(path, n: int = 500, votes: int = 4, seed: int = 0, temper
         "majority_count_histogram": {k: sum(count == k for _, count in majorities) for k in range(votes + 1)},
     }
 
-    proposer_prompt = prompt_ids(tokenizer, proposer_prompt_text())
+    proposer_prompt = sqlm.chat_prompt_ids(tokenizer, proposer_prompt_text())
     proposals = generate_completions(model, tokenizer, [proposer_prompt] * n, temperature=1.0)
     operands = [parse_operands(text) for text in proposals]
     well_formed = [text.strip() for text, pair in zip(proposals, operands) if pair is not None]
@@ -627,8 +621,7 @@ DEMO_FLAGS = ["--steps", "30", "--batch-size", "8", "--num-generations", "8", "-
 
 def heldout_accuracy(model_path: str) -> float:
     """Greedy accuracy on the 500 held-out problems (evaluate.py --tiny), through the project's own sampler."""
-    import evaluate
-    import sqlm
+    import evaluate  # only the demo needs it
 
     model, tokenizer = sqlm.load_model(model_path, torch.device("cpu"))
     stop_ids = sqlm.stop_token_ids(model, tokenizer)
@@ -637,8 +630,6 @@ def heldout_accuracy(model_path: str) -> float:
 
 
 def demo(seed: int, out: str, extra_flags: list[str]) -> dict:
-    import sqlm
-
     started = time.time()
     before = heldout_accuracy("tiny")
     sqlm.main(["--model", "tiny", "--seed", str(seed), "--out", out, *DEMO_FLAGS, *extra_flags])

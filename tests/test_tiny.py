@@ -196,7 +196,7 @@ def test_shared_prefix_forward_scores_the_first_reply_token():
     torch.manual_seed(0)
     model = tiny.Qwen2ForCausalLM(tiny.qwen2_config(tokenizer, 32, 1, 2, 1, 64)).eval()
     examples = [tiny.transcript_ids(tokenizer, tiny.proposer_prompt_text(), "37 * 8")]
-    full_prompt = tiny.prompt_ids(tokenizer, tiny.proposer_prompt_text())
+    full_prompt = tiny.sqlm.chat_prompt_ids(tokenizer, tiny.proposer_prompt_text())
     with pytest.raises(AssertionError):
         tiny.shared_prefix_forward(model, full_prompt, examples, tokenizer.pad_token_id)
     with torch.no_grad():

@@ -11,7 +11,7 @@ Which problems:
                   rational solutions); --data FILE.jsonl with {"question", "answer"} lines for the real set.
   coding          data/coding_eval.jsonl, original problems written for this project (a smoke test, not the
                   paper's 123 Codeforces problems); --data FILE.jsonl with {"problem", "tests"} lines.
-  --tiny          the CPU demo's distribution instead (tiny.py: 2-digit x 1- or 2-digit multiplication), 500
+  --tiny          the CPU demo's distribution instead (tiny.py: 2- or 3-digit x 1-digit multiplication), 500
                   problems whose operand pairs the tiny base never saw; on by default with --model tiny.
 The last line printed is JSON: {"task", "n", "accuracy", ...}.
 """
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     problems = load_problems(args.task, args.limit, args.data, tiny=tiny)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer = load_model(args.model, device, dtype)
-    # The tiny base answers in ~40 tokens; a short budget keeps a rambling row from costing 1,024 CPU steps.
+    # The tiny base answers in at most 66 tokens; a short budget keeps a rambling row from costing 1,024 CPU steps.
     max_new_tokens = args.max_new_tokens or (TINY_MAX_NEW_TOKENS if tiny else 0)
     result = score(model, tokenizer, args.task, problems, stop_token_ids(model, tokenizer), max_new_tokens,
                    args.batch_size)

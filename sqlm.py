@@ -33,7 +33,7 @@ PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 TASKS = ("multiplication", "algebra", "coding")
 # Response budgets from the paper's Table 4: arithmetic 1024, algebra 3072, coding 512 tokens.
 TASK_MAX_NEW_TOKENS = {"multiplication": 1024, "algebra": 3072, "coding": 512}
-TINY_MAX_NEW_TOKENS = 64  # the tiny CPU demo model (tiny.py) answers in ~40 tokens
+TINY_MAX_NEW_TOKENS = 80  # the tiny CPU demo model (tiny.py): its longest solution is 66 tokens
 
 
 # ============================================================================ config

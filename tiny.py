@@ -15,8 +15,11 @@ pre-tokenizer splits numbers into single digits, like the real Qwen2.5 tokenizer
 
 `python tiny.py` builds (or reuses) the tiny base and prints how well it proposes and solves.
 `python tiny.py demo --seed 0 --out runs/tiny-demo-0` runs the CPU demo: held-out accuracy, self-play, accuracy again.
+`python tiny.py styles --out runs/tiny-demo-0` shows how the run's solution style changed (quick vs worked).
+`python tiny.py overlap --out runs/tiny-demo-0` checks that the gain is not just on test questions self-play asked.
 """
 
+import json
 import os
 import random
 import re
@@ -221,29 +224,31 @@ def build_random_model(
 # pretrain, briefly and on purpose not to convergence, a tiny Qwen2 model on synthetic ChatML transcripts of
 # both SQLM roles for the multiplication task:
 #
-#   proposer:  user = prompts/multiplication_proposer.txt     assistant = "37 * 8"
-#   solver:    user = prompts/math_solver.txt with {question}  assistant = "<think> ... </think> <answer> 296 </answer>"
+#   proposer:  user = prompts/multiplication_proposer.txt     assistant = "372 * 8"
+#   solver:    user = prompts/math_solver.txt with {question}  assistant = "<think> ... </think> <answer> 2976 </answer>"
+#              (the thinking either quick or worked out: see `solver_completion`)
 #
-# Training stops as soon as greedy decoding solves ~40% of unseen problems, leaving room for self-play.
+# Training stops early (1,250 steps), when greedy decoding solves about 60% of unseen problems (65% of the
+# test problems), leaving room for self-play.
 
-TINY_BASE_VERSION = "v1"  # bump when anything below changes what gets built; the cache directory is keyed on it
+TINY_BASE_VERSION = "v2"  # bump when anything below changes what gets built; the cache directory is keyed on it
+
+# The problems: a two- or three-digit number times a one-digit number, "372 * 8". That is 990 * 8 = 7,920
+# problems, enough to hold out 500 distinct test problems, and small enough for a 2-layer model to learn
+# part of in a few minutes. (Two-digit by two-digit problems were tried first, in base v1: the tiny model
+# could not learn them in minutes, and its majority vote on them was mostly wrong - see the README.)
+MULTIPLICANDS = range(10, 1000)
+MULTIPLIERS = range(2, 10)
 
 # Problems are split by operand pair into buckets with a stable hash (crc32, unlike Python's salted hash()):
 TEST_BUCKET = 0  # held out: `heldout_problems` draws from these pairs only; pretraining never sees them
-VALIDATION_BUCKET = 1  # held out too: used only to decide when to stop pretraining
+VALIDATION_BUCKET = 1  # held out too: used by self-play to pick its best checkpoint, and to log pretraining
 NUM_BUCKETS = 10  # so 10% of pairs are test, 10% validation, 80% training
 
 
 def sample_problem(rng: random.Random) -> tuple[str, int]:
-    """One multiplication problem -> (question text like "37 * 8", answer).
-
-    The distribution mixes an easier and a harder half so that a tiny model learns some of it:
-      * half the time two-digit by one-digit   (10..99) * (2..9)    e.g. "37 * 8"
-      * half the time two-digit by two-digit   (10..99) * (10..99)  e.g. "37 * 52"
-    A partly trained model solves many of the first kind and few of the second, which gives self-play
-    questions of every difficulty."""
-    a = rng.randint(10, 99)
-    b = rng.randint(2, 9) if rng.random() < 0.5 else rng.randint(10, 99)
+    """One multiplication problem -> (question text like "372 * 8", answer), uniform over all 7,920."""
+    a, b = rng.choice(MULTIPLICANDS), rng.choice(MULTIPLIERS)
     return f"{a} * {b}", a * b
 
 
@@ -270,16 +275,20 @@ def sample_problem_in(rng: random.Random, buckets: set[int], inside: bool) -> tu
             return question, answer
 
 
+def bucket_problems(bucket: int) -> list[tuple[str, int]]:
+    """Every problem of the distribution whose operand pair falls in `bucket`, in a fixed order."""
+    problems = [(f"{a} * {b}", a * b) for a in MULTIPLICANDS for b in MULTIPLIERS]
+    return [(question, answer) for question, answer in problems if problem_bucket(question) == bucket]
+
+
 def heldout_problems(n: int = 500, seed: int = 1234) -> list[tuple[str, int]]:
-    """`n` test problems (drawn with replacement) from operand pairs that pretraining never saw, in any role."""
-    rng = random.Random(seed)
-    return [sample_problem_in(rng, {TEST_BUCKET}, inside=True) for _ in range(n)]
+    """`n` distinct test problems, from operand pairs that pretraining never saw in any role."""
+    return random.Random(seed).sample(bucket_problems(TEST_BUCKET), n)
 
 
 def validation_problems(n: int = 256, seed: int = 4321) -> list[tuple[str, int]]:
-    """Problems used to decide when to stop pretraining; disjoint from both training and test pairs."""
-    rng = random.Random(seed)
-    return [sample_problem_in(rng, {VALIDATION_BUCKET}, inside=True) for _ in range(n)]
+    """`n` distinct problems disjoint from both training and test pairs (for choosing checkpoints)."""
+    return random.Random(seed).sample(bucket_problems(VALIDATION_BUCKET), n)
 
 
 def sample_training_problem(rng: random.Random) -> tuple[str, int]:
@@ -300,20 +309,35 @@ def solver_prompt_text(question: str) -> str:
     return sqlm.solver_prompt("multiplication", question)
 
 
-def solver_completion(question: str, answer: int) -> str:
-    """What the solver should write: a short worked reasoning, then the answer in the tags the prompt asks for.
+def solver_completion(question: str, answer: int, worked: bool) -> str:
+    """What the solver should write, in one of two styles, then the answer in the tags the prompt asks for:
 
-      "37 * 8"   ->  <think> 37 * 8 = 296 </think> <answer> 296 </answer>
-      "37 * 52"  ->  <think> 37 * 52 = 37 * 50 + 37 * 2 = 1850 + 74 = 1924 </think> <answer> 1924 </answer>
+      quick:   <think> 372 * 8 = 2976 </think> <answer> 2976 </answer>
+      worked:  <think> 372 * 8 = 300 * 8 + 70 * 8 + 2 * 8 = 2400 + 560 + 16 = 2976 </think> <answer> 2976 </answer>
 
-    Splitting a two-digit multiplier into tens and units turns the hard case into two of the easy kind plus
-    an addition; a tiny model learns this several times faster than writing the product in one go."""
+    Pretraining shows both, half and half, so the base samples either. Why two styles: they give self-play
+    a choice to learn. The worked style is right more often (held-out samples of the base: 57% against 30%,
+    `python tiny.py --votes 8`), so its answers agree with the majority more often, earn the solver reward
+    more often, and self-play shifts the solver towards working things out - with no label saying which
+    style is better. (Base v1 wrote each problem one way only, and had two-digit multipliers; its majority
+    vote was mostly wrong where the proposer was paid, and self-play did not lift it: see the README.)"""
     a, b = parse_operands(question)
-    if b < 10:
-        return f"<think> {question} = {answer} </think> <answer> {answer} </answer>"
-    tens, units = b - b % 10, b % 10
-    steps = f"{a} * {tens} + {a} * {units} = {a * tens} + {a * units}"
-    return f"<think> {question} = {steps} = {answer} </think> <answer> {answer} </answer>"
+    if worked:
+        digits = str(a)
+        # 372 -> [300, 70, 2]; zero digits are skipped (305 -> [300, 5]).
+        parts = [int(d) * 10 ** (len(digits) - 1 - i) for i, d in enumerate(digits) if d != "0"]
+        products = " + ".join(f"{part} * {b}" for part in parts)
+        partial_sums = " + ".join(str(part * b) for part in parts)
+        steps = f"{products} = {partial_sums} = {answer}"
+    else:
+        steps = f"{answer}"
+    return f"<think> {question} = {steps} </think> <answer> {answer} </answer>"
+
+
+def is_worked(completion: str) -> bool:
+    """Which style a solver completion is in: a worked one adds partial products ("300 * 8 + ..."), a quick
+    one has no "+" before </think>."""
+    return "+" in completion.split("</think>")[0]
 
 
 def transcript_ids(tokenizer, user_text: str, completion: str) -> tuple[list[int], list[int]]:
@@ -401,21 +425,27 @@ def base_tokenizer() -> PreTrainedTokenizerFast:
 
 @torch.no_grad()
 def teacher_forced_exact_match(model, tokenizer, problems: list[tuple[str, int]], batch_size: int = 128) -> float:
-    """Fraction of problems whose whole gold completion is the model's argmax at every step.
+    """Fraction of problems where the model's argmax, at every step, writes one of the two gold completions.
 
-    That is exactly "greedy decoding writes the gold completion", measured with one forward pass per batch
-    instead of token-by-token decoding - cheap enough to check often during pretraining."""
+    That is exactly "greedy decoding writes a gold completion", measured with one forward pass per batch and
+    style instead of token-by-token decoding - cheap enough to check often during pretraining. Both styles
+    count: greedy decoding picks one of them, and either is a right answer."""
     was_training = model.training
     model.eval()
     prefix = solver_prefix_ids(tokenizer)
     hits = 0
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
-        examples = [transcript_ids(tokenizer, solver_prompt_text(q), solver_completion(q, a)) for q, a in chunk]
-        logits, labels = shared_prefix_forward(model, prefix, examples, tokenizer.pad_token_id)
-        predictions, targets = logits[:, :-1].argmax(-1), labels[:, 1:]
-        scored = targets != -100
-        hits += ((predictions == targets) | ~scored).all(dim=1).sum().item()
+        solved = torch.zeros(len(chunk), dtype=torch.bool)
+        for worked in (False, True):
+            examples = [
+                transcript_ids(tokenizer, solver_prompt_text(q), solver_completion(q, a, worked)) for q, a in chunk
+            ]
+            logits, labels = shared_prefix_forward(model, prefix, examples, tokenizer.pad_token_id)
+            predictions, targets = logits[:, :-1].argmax(-1), labels[:, 1:]
+            scored = targets != -100
+            solved |= ((predictions == targets) | ~scored).all(dim=1).cpu()
+        hits += solved.sum().item()
     model.train(was_training)
     return hits / len(problems)
 
@@ -423,13 +453,13 @@ def teacher_forced_exact_match(model, tokenizer, problems: list[tuple[str, int]]
 def pretrain_tiny_base(
     out_dir,
     seed: int = 0,
-    max_steps: int = 3000,
-    target_accuracy: float = 0.4,
-    eval_every: int = 50,
+    max_steps: int = 1250,
+    eval_every: int = 250,
     batch_size: int = 64,
     learning_rate: float = 2e-3,
     warmup_steps: int = 100,
     proposer_fraction: float = 0.2,
+    worked_fraction: float = 0.5,
     hidden_size: int = 128,
     num_layers: int = 2,
     num_heads: int = 4,
@@ -440,11 +470,13 @@ def pretrain_tiny_base(
 ) -> Path:
     """Train a tiny Qwen2 on synthetic proposer/solver transcripts and save it to `out_dir`.
 
-    Stops at `max_steps`, or earlier - on purpose - once greedy accuracy on the validation problems reaches
-    `target_accuracy`: a base that already solves everything would leave self-play nothing to learn.
+    Stops after `max_steps`, on purpose long before it has learned everything (1,250 steps: ~60% of the
+    validation problems solved): a base that already solves everything would leave self-play nothing to learn.
     Deterministic given `seed` (on a given machine and thread count)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
+    # The solution style gets its own random stream, so the problems drawn do not depend on the style mix.
+    style_rng = random.Random(seed + 99)
     tokenizer = base_tokenizer()
     config = qwen2_config(tokenizer, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size)
     model = Qwen2ForCausalLM(config).to(device)
@@ -465,9 +497,9 @@ def pretrain_tiny_base(
             if rng.random() < proposer_fraction:
                 proposer_examples.append(transcript_ids(tokenizer, proposer_prompt_text(), question))
             else:
-                solver_examples.append(
-                    transcript_ids(tokenizer, solver_prompt_text(question), solver_completion(question, answer))
-                )
+                worked = style_rng.random() < worked_fraction
+                completion = solver_completion(question, answer, worked)
+                solver_examples.append(transcript_ids(tokenizer, solver_prompt_text(question), completion))
         # Mean cross-entropy over all assistant tokens of the batch, whichever role they belong to.
         total_loss, total_tokens = 0.0, 0
         for prefix, examples in ((solver_prefix, solver_examples), (proposer_prefix, proposer_examples)):
@@ -481,12 +513,10 @@ def pretrain_tiny_base(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-        if step % eval_every == 0:
+        if step % eval_every == 0:  # progress report only: training always runs `max_steps`
             accuracy = teacher_forced_exact_match(model, tokenizer, validation)
             elapsed = time.time() - started
             log(f"step {step:5d}  loss {loss.item():.3f}  validation greedy accuracy {accuracy:.3f}  {elapsed:.0f}s")
-            if accuracy >= target_accuracy:
-                break
     return save_checkpoint(model.cpu(), tokenizer, out_dir)
 
 
@@ -513,7 +543,8 @@ def load_or_build_tiny_base(cache_dir=None) -> Path:
 
 
 @torch.no_grad()
-def generate_completions(model, tokenizer, prompts: list[list[int]], temperature: float, max_new_tokens: int = 64,
+def generate_completions(model, tokenizer, prompts: list[list[int]], temperature: float,
+                         max_new_tokens: int = sqlm.TINY_MAX_NEW_TOKENS,
                          batch_size: int = 250) -> list[str]:
     """Decode one completion per prompt with Hugging Face `generate`: greedy when temperature == 0, else plain
     sampling at that temperature (no top-k / top-p truncation, which HF applies by default: top_k=50)."""
@@ -535,13 +566,14 @@ def generate_completions(model, tokenizer, prompts: list[list[int]], temperature
     return completions
 
 
-def evaluate_tiny_base(path, n: int = 500, votes: int = 4, seed: int = 0, temperature: float = 1.0) -> dict:
+def evaluate_tiny_base(path, n: int = 500, votes: int = 8, seed: int = 0, temperature: float = 1.0) -> dict:
     """The numbers that matter for self-play, on `n` held-out problems:
 
     greedy accuracy; accuracy of one sample at `temperature` (1, as in training, unless asked otherwise;
-    averaged over `votes` samples per problem);
-    accuracy of the majority vote of `votes` samples (the pseudo-label self-play trains towards);
-    how often answers are well-formed; and what the model proposes from the proposer prompt."""
+    averaged over `votes` samples per problem), overall and per solution style;
+    accuracy of the majority vote of `votes` samples (the pseudo-label self-play trains towards), overall and
+    on the questions the proposer is paid for; how often answers are well-formed; and what the model proposes
+    from the proposer prompt."""
     # Imported here, not at the top: only this measurement needs the project's answer parsing.
     from rewards import extract_answer, majority_vote
 
@@ -551,11 +583,11 @@ def evaluate_tiny_base(path, n: int = 500, votes: int = 4, seed: int = 0, temper
     problems = heldout_problems(n)
     prompts = [sqlm.chat_prompt_ids(tokenizer, solver_prompt_text(question)) for question, _ in problems]
     truths = [str(answer) for _, answer in problems]
-    one_digit = [parse_operands(question)[1] < 10 for question, _ in problems]
 
     greedy = [extract_answer(text) for text in generate_completions(model, tokenizer, prompts, temperature=0.0)]
     sampled_texts = generate_completions(model, tokenizer, [p for p in prompts for _ in range(votes)], temperature)
     sampled = [extract_answer(text) for text in sampled_texts]
+    sampled_worked = [is_worked(text) for text in sampled_texts]
     groups = [sampled[i * votes : (i + 1) * votes] for i in range(n)]
     majorities = [majority_vote(group) for group in groups]
 
@@ -563,31 +595,23 @@ def evaluate_tiny_base(path, n: int = 500, votes: int = 4, seed: int = 0, temper
         values = list(values)
         return sum(values) / len(values) if values else float("nan")
 
-    def split_accuracy(correct: list[bool], keep: list[bool] | None = None) -> tuple[float, float]:
-        """(accuracy on two-digit x one-digit, accuracy on two-digit x two-digit), over the problems in `keep`."""
-        keep = keep or [True] * len(correct)
-        easy = mean(c for c, is_easy, k in zip(correct, one_digit, keep) if k and is_easy)
-        hard = mean(c for c, is_easy, k in zip(correct, one_digit, keep) if k and not is_easy)
-        return easy, hard
-
     greedy_correct = [g == t for g, t in zip(greedy, truths)]
-    sample_correct = [mean(s == t for s in group) for group, t in zip(groups, truths)]
+    sample_correct = [s == truths[i // votes] for i, s in enumerate(sampled)]
     majority_correct = [answer == t for (answer, _), t in zip(majorities, truths)]
     in_band = [1 < count < votes for _, count in majorities]  # the questions the proposer is paid for
     results = {
         "greedy_accuracy": mean(greedy_correct),
-        "greedy_accuracy_2x1_2x2": split_accuracy(greedy_correct),
         "greedy_well_formed": mean(g is not None for g in greedy),
         "sample_accuracy": mean(sample_correct),
-        "sample_accuracy_2x1_2x2": split_accuracy(sample_correct),
         "sample_well_formed": mean(s is not None for s in sampled),
+        "sample_worked_share": mean(sampled_worked),
+        "sample_accuracy_quick": mean(c for c, w in zip(sample_correct, sampled_worked) if not w),
+        "sample_accuracy_worked": mean(c for c, w in zip(sample_correct, sampled_worked) if w),
         f"majority_of_{votes}_accuracy": mean(majority_correct),
-        f"majority_of_{votes}_accuracy_2x1_2x2": split_accuracy(majority_correct),
         # How often the proposer would be rewarded for these questions (release gate: 1 < count < votes).
         "proposer_reward_rate": mean(in_band),
         # Is the pseudo-label right where the proposer is paid? Self-play needs this well above 50%.
-        "in_band_majority_accuracy_2x1_2x2": split_accuracy(majority_correct, in_band),
-        "in_band_share_2x2": mean(not is_easy for is_easy, b in zip(one_digit, in_band) if b),
+        "in_band_majority_accuracy": mean(c for c, b in zip(majority_correct, in_band) if b),
         "majority_count_histogram": {k: sum(count == k for _, count in majorities) for k in range(votes + 1)},
     }
 
@@ -595,17 +619,43 @@ def evaluate_tiny_base(path, n: int = 500, votes: int = 4, seed: int = 0, temper
     proposals = generate_completions(model, tokenizer, [proposer_prompt] * n, temperature=1.0)
     operands = [parse_operands(text) for text in proposals]
     well_formed = [text.strip() for text, pair in zip(proposals, operands) if pair is not None]
-    in_distribution = [a in range(10, 100) and b in range(2, 100) for a, b in filter(None, operands)]
+    in_distribution = [a in MULTIPLICANDS and b in MULTIPLIERS for a, b in filter(None, operands)]
     results.update(
         {
             "proposal_well_formed": mean(pair is not None for pair in operands),
             "proposal_distinct_fraction": len(set(well_formed)) / max(1, len(well_formed)),
             "proposal_in_training_distribution": mean(in_distribution),
-            "proposal_one_digit_multiplier": mean(b < 10 for a, b in filter(None, operands)),
             "proposal_examples": proposals[:8],
         }
     )
     return results
+
+
+def style_report(run_dir, window: int = 10) -> list[dict]:
+    """What self-play did to the solution style, from a run's samples.jsonl: per `window` steps, the share of
+    solver answers written in the worked style and how often each style's answer was right. Right means equal
+    to the exact `truth` that samples.jsonl logs for auditing; training never sees it."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "samples.jsonl").read_text().splitlines()]
+    report = []
+    for first_step in range(0, max(row["step"] for row in rows) + 1, window):
+        answers = [
+            (is_worked(completion), answer == row["truth"])
+            for row in rows
+            if first_step <= row["step"] < first_step + window
+            for completion, answer in zip(row["completions"], row["answers"])
+        ]
+        worked = [right for is_worked_answer, right in answers if is_worked_answer]
+        quick = [right for is_worked_answer, right in answers if not is_worked_answer]
+        report.append(
+            {
+                "steps": f"{first_step}-{first_step + window - 1}",
+                "answers": len(answers),
+                "worked_share": round(len(worked) / len(answers), 3) if answers else None,
+                "worked_right": round(sum(worked) / len(worked), 3) if worked else None,
+                "quick_right": round(sum(quick) / len(quick), 3) if quick else None,
+            }
+        )
+    return report
 
 
 # ============================================================================= the laptop demo
@@ -615,18 +665,57 @@ def evaluate_tiny_base(path, n: int = 500, votes: int = 4, seed: int = 0, temper
 # Held-out greedy accuracy of the tiny base, then SQLM self-play through sqlm.py exactly as for a Qwen run
 # (no labels anywhere), then the same held-out accuracy again. Flags after the known ones go to sqlm.py.
 
+# --samples-per-step 0 logs every question to samples.jsonl (not a sample of 16), so `overlap` sees them all.
 DEMO_FLAGS = ["--steps", "30", "--batch-size", "8", "--num-generations", "8", "--lr", "5e-5", "--eval-every", "5",
-              "--device", "cpu"]
+              "--samples-per-step", "0", "--device", "cpu"]
 
 
-def heldout_accuracy(model_path: str) -> float:
-    """Greedy accuracy on the 500 held-out problems (evaluate.py --tiny), through the project's own sampler."""
+def heldout_correct(model_path: str) -> list[bool]:
+    """Greedy right/wrong on each of the 500 held-out problems (evaluate.py --tiny), through the project's own
+    sampler."""
     import evaluate  # only the demo needs it
 
     model, tokenizer = sqlm.load_model(model_path, torch.device("cpu"))
     stop_ids = sqlm.stop_token_ids(model, tokenizer)
-    return evaluate.score(model, tokenizer, "multiplication", evaluate.tiny_problems("test"), stop_ids,
-                          sqlm.TINY_MAX_NEW_TOKENS)["accuracy"]
+    problems = evaluate.tiny_problems("test")
+    completions = evaluate.score(model, tokenizer, "multiplication", problems, stop_ids,
+                                 sqlm.TINY_MAX_NEW_TOKENS)["completions"]
+    return [evaluate.is_correct("multiplication", problem, text) for problem, text in zip(problems, completions)]
+
+
+def heldout_accuracy(model_path: str) -> float:
+    """Greedy accuracy on the 500 held-out problems."""
+    correct = heldout_correct(model_path)
+    return sum(correct) / len(correct)
+
+
+def heldout_overlap(run_dir) -> dict:
+    """Did self-play simply practise the test questions? The proposer is free to ask anything, including
+    held-out operand pairs (it never sees their answers). This splits the held-out problems into those asked
+    during the run (as "a * b" or "b * a") and those never asked, and scores the base and the run's final
+    checkpoint on each part."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "samples.jsonl").read_text().splitlines()]
+    asked = {frozenset(pair) for pair in (parse_operands(row["question"]) for row in rows) if pair}
+    heldout = [frozenset(parse_operands(question)) for question, _ in heldout_problems()]
+    was_asked = [pair in asked for pair in heldout]
+    before, after = heldout_correct("tiny"), heldout_correct(str(Path(run_dir) / "checkpoint"))
+
+    def accuracy(correct: list[bool], keep: bool) -> float | None:
+        kept = [c for c, a in zip(correct, was_asked) if a == keep]
+        return round(sum(kept) / len(kept), 3) if kept else None
+
+    from_test = [parse_operands(row["question"]) is not None and problem_bucket(row["question"]) == TEST_BUCKET
+                 for row in rows]
+    return {
+        "self_play_questions": len(rows),
+        "share_from_test_pairs": round(sum(from_test) / len(rows), 3),
+        "heldout_asked": sum(was_asked),
+        "heldout_never_asked": len(was_asked) - sum(was_asked),
+        "never_asked_before": accuracy(before, False),
+        "never_asked_after": accuracy(after, False),
+        "asked_before": accuracy(before, True),
+        "asked_after": accuracy(after, True),
+    }
 
 
 def demo(seed: int, out: str, extra_flags: list[str]) -> dict:
@@ -643,13 +732,17 @@ def demo(seed: int, out: str, extra_flags: list[str]) -> dict:
 
 if __name__ == "__main__":
     import argparse
-    import json
 
-    parser = argparse.ArgumentParser(description="Build the tiny base (no command) or run the CPU demo (demo).")
-    parser.add_argument("command", nargs="?", choices=["demo"], help="demo: self-play + before/after accuracy")
+    parser = argparse.ArgumentParser(
+        description="Build the tiny base and report on it (no command), run the CPU demo (demo), or show what "
+        "self-play did to the solution style of a run (styles --out RUN)."
+    )
+    parser.add_argument("command", nargs="?", choices=["demo", "styles", "overlap"],
+                        help="demo: self-play + before/after accuracy; styles: worked-style share over a run; "
+                        "overlap: held-out accuracy split by whether self-play asked the question")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/tiny-demo")
-    parser.add_argument("--votes", type=int, default=4, help="samples per problem for the base's report")
+    parser.add_argument("--out", default="runs/tiny-demo", help="the run directory (demo writes it, styles reads it)")
+    parser.add_argument("--votes", type=int, default=8, help="samples per problem for the base's report")
     parser.add_argument("--temperature", type=float, default=None,
                         help="sampling temperature: of the report's votes (default 1), or passed on to sqlm.py by demo")
     args, extra = parser.parse_known_args()
@@ -658,9 +751,15 @@ if __name__ == "__main__":
         if args.temperature is not None:  # parsed here because the report uses it too; it belongs to sqlm.py
             extra += ["--temperature", str(args.temperature)]
         print(json.dumps(demo(args.seed, args.out, extra)))
+    elif args.command in ("styles", "overlap"):
+        if not (Path(args.out) / "samples.jsonl").exists():
+            raise SystemExit(f"error: no samples.jsonl in {args.out!r}; pass a tiny demo's run directory with --out.")
+        for line in style_report(args.out) if args.command == "styles" else [heldout_overlap(args.out)]:
+            print(json.dumps(line))
     else:
         started = time.time()
         base = load_or_build_tiny_base()
         print(f"tiny base at {base} ({time.time() - started:.0f}s)")
-        for name, value in evaluate_tiny_base(base, votes=args.votes, temperature=1.0 if args.temperature is None else args.temperature).items():
+        temperature = 1.0 if args.temperature is None else args.temperature
+        for name, value in evaluate_tiny_base(base, votes=args.votes, temperature=temperature).items():
             print(f"{name:40s} {value}")

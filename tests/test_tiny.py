@@ -1,5 +1,6 @@
 """The tiny offline checkpoints behave like a real Qwen2.5-Instruct checkpoint where the project relies on it."""
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -105,12 +106,12 @@ def test_sample_problem_distribution():
     for _ in range(200):
         question, answer = tiny.sample_problem(rng)
         a, b = tiny.parse_operands(question)
-        assert 10 <= a <= 99 and 2 <= b <= 99 and a * b == answer
+        assert 10 <= a <= 999 and 2 <= b <= 9 and a * b == answer
 
 
 def test_heldout_problems_never_come_from_training_pairs():
     heldout = tiny.heldout_problems(500)
-    assert len(heldout) == 500
+    assert len(heldout) == 500 and len(set(heldout)) == 500  # 500 distinct problems, not 500 draws
     assert heldout == tiny.heldout_problems(500)  # deterministic
     heldout_pairs = {frozenset(tiny.parse_operands(q)) for q, _ in heldout}
     rng = random.Random(0)
@@ -125,15 +126,54 @@ def test_heldout_problems_never_come_from_training_pairs():
 def test_solver_completion_format():
     from rewards import extract_answer
 
-    assert tiny.solver_completion("37 * 8", 296) == "<think> 37 * 8 = 296 </think> <answer> 296 </answer>"
-    long = tiny.solver_completion("37 * 52", 1924)
-    assert long == "<think> 37 * 52 = 37 * 50 + 37 * 2 = 1850 + 74 = 1924 </think> <answer> 1924 </answer>"
-    assert extract_answer(long) == "1924"
+    quick = tiny.solver_completion("372 * 8", 2976, worked=False)
+    assert quick == "<think> 372 * 8 = 2976 </think> <answer> 2976 </answer>"
+    worked = tiny.solver_completion("372 * 8", 2976, worked=True)
+    assert worked == (
+        "<think> 372 * 8 = 300 * 8 + 70 * 8 + 2 * 8 = 2400 + 560 + 16 = 2976 </think> <answer> 2976 </answer>"
+    )
+    # Zero digits add no partial product.
+    assert tiny.solver_completion("305 * 4", 1220, worked=True).startswith("<think> 305 * 4 = 300 * 4 + 5 * 4 = ")
+    assert extract_answer(quick) == extract_answer(worked) == "2976"
+
+
+def test_every_solution_fits_the_response_budget():
+    """A completion cut off by the sampling budget loses its <answer>: the budget must fit the longest one."""
+    tokenizer = tiny.base_tokenizer()
+    longest = max(
+        len(tokenizer.encode(tiny.solver_completion(f"{a} * {b}", a * b, worked=True), add_special_tokens=False))
+        for a in tiny.MULTIPLICANDS
+        for b in tiny.MULTIPLIERS
+    )
+    assert longest + 1 <= tiny.sqlm.TINY_MAX_NEW_TOKENS  # + 1 for the closing <|im_end|>
+
+
+def test_teacher_forced_match_accepts_either_style():
+    """Pretraining's progress check counts a problem solved when greedy decoding writes either gold style."""
+    tokenizer = tiny.base_tokenizer()
+    torch.manual_seed(0)
+    model = tiny.Qwen2ForCausalLM(tiny.qwen2_config(tokenizer, 32, 1, 2, 1, 64)).eval()
+    problem = ("372 * 8", 2976)
+    assert tiny.teacher_forced_exact_match(model, tokenizer, [problem]) == 0.0  # random weights solve nothing
+    # Teach the model one style of this one problem by heart; the check must then count it, whichever style.
+    for worked in (False, True):
+        torch.manual_seed(0)
+        model = tiny.Qwen2ForCausalLM(tiny.qwen2_config(tokenizer, 32, 1, 2, 1, 64))
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        example = tiny.transcript_ids(
+            tokenizer, tiny.solver_prompt_text(problem[0]), tiny.solver_completion(*problem, worked=worked)
+        )
+        batch = tiny.pad_batch([example], tokenizer.pad_token_id)
+        for _ in range(100):
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        assert tiny.teacher_forced_exact_match(model, tokenizer, [problem]) == 1.0, f"worked={worked}"
 
 
 def test_transcripts_use_the_project_prompts():
     tokenizer = tiny.base_tokenizer()
-    completion = tiny.solver_completion("37 * 8", 296)
+    completion = tiny.solver_completion("37 * 8", 296, worked=False)
     ids, labels = tiny.transcript_ids(tokenizer, tiny.solver_prompt_text("37 * 8"), completion)
     text = tokenizer.decode(ids)
     solver_prompt = (tiny.PROMPTS_DIR / "math_solver.txt").read_text().strip().replace("{question}", "37 * 8")
@@ -156,9 +196,10 @@ def test_shared_prefix_forward_matches_plain_forward():
     tokenizer = tiny.base_tokenizer()
     torch.manual_seed(0)
     model = tiny.Qwen2ForCausalLM(tiny.qwen2_config(tokenizer, 32, 1, 2, 1, 64)).eval()
-    problems = [("37 * 8", 296), ("12 * 34", 408)]
+    problems = [("37 * 8", 296, False), ("372 * 8", 2976, True)]
     examples = [
-        tiny.transcript_ids(tokenizer, tiny.solver_prompt_text(q), tiny.solver_completion(q, a)) for q, a in problems
+        tiny.transcript_ids(tokenizer, tiny.solver_prompt_text(q), tiny.solver_completion(q, a, worked))
+        for q, a, worked in problems
     ]
     prefix = tiny.solver_prefix_ids(tokenizer)
     with torch.no_grad():
@@ -218,3 +259,24 @@ def test_base_report_counts_votes_at_the_asked_temperature(tmp_path):
     assert sum(report["majority_count_histogram"].values()) == 3  # one majority per problem
     assert set(report["majority_count_histogram"]) == {0, 1, 2}
     assert 0.0 <= report["greedy_accuracy"] <= 1.0
+
+
+def test_style_report_counts_worked_answers_per_window(tmp_path):
+    """`python tiny.py styles --out RUN`: share of worked answers, and how often each style was right."""
+    quick = tiny.solver_completion("372 * 8", 2976, worked=False)
+    worked = tiny.solver_completion("372 * 8", 2976, worked=True)
+    assert not tiny.is_worked(quick) and tiny.is_worked(worked)
+    rows = [
+        # step 0: one quick answer (wrong), one worked answer (right)
+        {"step": 0, "completions": [quick, worked], "answers": ["2977", "2976"], "truth": "2976"},
+        # step 1: two worked answers, one right
+        {"step": 1, "completions": [worked, worked], "answers": ["2976", "1"], "truth": "2976"},
+        # step 2: a second window, quick only
+        {"step": 2, "completions": [quick], "answers": ["2976"], "truth": "2976"},
+    ]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    report = tiny.style_report(tmp_path, window=2)
+    assert report == [
+        {"steps": "0-1", "answers": 4, "worked_share": 0.75, "worked_right": round(2 / 3, 3), "quick_right": 0.0},
+        {"steps": "2-3", "answers": 1, "worked_share": 0.0, "worked_right": None, "quick_right": 1.0},
+    ]

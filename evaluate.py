@@ -190,7 +190,7 @@ def score(model, tokenizer, task: str, problems: list[dict], stop_ids: list[int]
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
     correct = [is_correct(task, p, t) for p, t in zip(problems, texts)]
     return {"task": task, "n": len(problems), "accuracy": sum(correct) / max(len(problems), 1),
-            "correct": sum(correct), "completions": texts}
+            "correct": sum(correct), "completions": texts, "is_correct": correct}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
                    args.batch_size)
     for text in result["completions"][:args.show]:
         print("---\n" + text, file=sys.stderr)
-    del result["completions"]
+    del result["completions"], result["is_correct"]  # per-problem lists: for callers, not for the JSON line
     print(json.dumps({**result, "model": args.model}))
 
 

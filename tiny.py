@@ -631,11 +631,16 @@ def evaluate_tiny_base(path, n: int = 500, votes: int = 8, seed: int = 0, temper
     return results
 
 
+def read_samples(run_dir) -> list[dict]:
+    """A run's samples.jsonl: one record per logged question (its solver answers, majority and exact truth)."""
+    return [json.loads(line) for line in (Path(run_dir) / "samples.jsonl").read_text().splitlines()]
+
+
 def style_report(run_dir, window: int = 10) -> list[dict]:
     """What self-play did to the solution style, from a run's samples.jsonl: per `window` steps, the share of
     solver answers written in the worked style and how often each style's answer was right. Right means equal
     to the exact `truth` that samples.jsonl logs for auditing; training never sees it."""
-    rows = [json.loads(line) for line in (Path(run_dir) / "samples.jsonl").read_text().splitlines()]
+    rows = read_samples(run_dir)
     report = []
     for first_step in range(0, max(row["step"] for row in rows) + 1, window):
         answers = [
@@ -677,10 +682,8 @@ def heldout_correct(model_path: str) -> list[bool]:
 
     model, tokenizer = sqlm.load_model(model_path, torch.device("cpu"))
     stop_ids = sqlm.stop_token_ids(model, tokenizer)
-    problems = evaluate.tiny_problems("test")
-    completions = evaluate.score(model, tokenizer, "multiplication", problems, stop_ids,
-                                 sqlm.TINY_MAX_NEW_TOKENS)["completions"]
-    return [evaluate.is_correct("multiplication", problem, text) for problem, text in zip(problems, completions)]
+    return evaluate.score(model, tokenizer, "multiplication", evaluate.tiny_problems("test"), stop_ids,
+                          sqlm.TINY_MAX_NEW_TOKENS)["is_correct"]
 
 
 def heldout_accuracy(model_path: str) -> float:
@@ -694,8 +697,8 @@ def heldout_overlap(run_dir) -> dict:
     held-out operand pairs (it never sees their answers). This splits the held-out problems into those asked
     during the run (as "a * b" or "b * a") and those never asked, and scores the base and the run's final
     checkpoint on each part."""
-    rows = [json.loads(line) for line in (Path(run_dir) / "samples.jsonl").read_text().splitlines()]
-    asked = {frozenset(pair) for pair in (parse_operands(row["question"]) for row in rows) if pair}
+    questions = [row["question"] for row in read_samples(run_dir)]
+    asked = {frozenset(pair) for pair in map(parse_operands, questions) if pair}
     heldout = [frozenset(parse_operands(question)) for question, _ in heldout_problems()]
     was_asked = [pair in asked for pair in heldout]
     before, after = heldout_correct("tiny"), heldout_correct(str(Path(run_dir) / "checkpoint"))
@@ -704,11 +707,10 @@ def heldout_overlap(run_dir) -> dict:
         kept = [c for c, a in zip(correct, was_asked) if a == keep]
         return round(sum(kept) / len(kept), 3) if kept else None
 
-    from_test = [parse_operands(row["question"]) is not None and problem_bucket(row["question"]) == TEST_BUCKET
-                 for row in rows]
+    from_test = [parse_operands(q) is not None and problem_bucket(q) == TEST_BUCKET for q in questions]
     return {
-        "self_play_questions": len(rows),
-        "share_from_test_pairs": round(sum(from_test) / len(rows), 3),
+        "self_play_questions": len(questions),
+        "share_from_test_pairs": round(sum(from_test) / len(questions), 3),
         "heldout_asked": sum(was_asked),
         "heldout_never_asked": len(was_asked) - sum(was_asked),
         "never_asked_before": accuracy(before, False),

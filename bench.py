@@ -15,7 +15,10 @@ import resource
 import time
 
 import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
+import evaluate
+import sampler
 import sqlm
 
 # The real Qwen2.5 Instruct shapes (from their config.json), so no weights need downloading.
@@ -36,8 +39,6 @@ SIZES = {
 
 
 def random_qwen(name: str, dtype: torch.dtype, device: torch.device):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     config = Qwen2Config(vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
                          use_sliding_window=False, **QWEN25_CONFIGS[name])
     torch.manual_seed(0)
@@ -75,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     if bool(args.model) == bool(args.config_only):
         raise SystemExit("error: pass exactly one of --model DIR and --config-only NAME.")
-    device = sqlm.resolve_device(args.device)
+    device = evaluate.resolve_device(args.device)
     for name, value in SIZES[device.type].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -83,36 +84,40 @@ def main() -> None:
 
     # The same three models sqlm.main holds: fp32 policy, low-precision sampling copy, frozen reference.
     if args.model:
-        policy, tokenizer = sqlm.load_model(args.model, device)
-        sampler = sqlm.load_model(args.model, device, low)[0] if device.type == "cuda" else policy
-        reference = sqlm.load_model(args.model, device, low)[0]
+        policy, sampling, reference, _ = sampler.load_for_training(args.model, args.model, device, True,
+                                                                   args.gradient_checkpointing)
     else:
         policy = random_qwen(args.config_only, torch.float32, device)
-        sampler = random_qwen(args.config_only, low, device) if device.type == "cuda" else policy
+        sampling = random_qwen(args.config_only, low, device) if device.type == "cuda" else policy
         reference = random_qwen(args.config_only, low, device)
+        if args.gradient_checkpointing:
+            policy.gradient_checkpointing_enable()
+        policy.config.use_cache = False
     policy.eval()
-    sampler.eval()
+    sampling.eval()
     vocab = policy.config.vocab_size
     generator = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(100, vocab, (args.prompt_tokens,), generator=generator).tolist() for _ in range(args.batch)]
+    prompts = [torch.randint(100, vocab, (args.prompt_tokens,), generator=generator).tolist()
+               for _ in range(args.batch)]
     tokens = args.batch * args.new_tokens
 
     # 1. Our sampler, no stop tokens so every row runs the full length. A short warm-up first (graph capture).
-    sqlm.sample(sampler, prompts[:8], 8, 1.0, [], 0, cuda_graph=not args.no_cuda_graph)
+    sampler.sample(sampling, prompts[:8], 8, 1.0, [], 0, cuda_graph=not args.no_cuda_graph)
     torch.manual_seed(0)
-    completions, sampler_seconds = timed(device, lambda: sqlm.sample(
-        sampler, prompts, args.new_tokens, 1.0, [], 0, cuda_graph=not args.no_cuda_graph))
+    completions, sampler_seconds = timed(device, lambda: sampler.sample(
+        sampling, prompts, args.new_tokens, 1.0, [], 0, cuda_graph=not args.no_cuda_graph))
     assert all(len(c) == args.new_tokens for c in completions)
 
     # 2. model.generate on the same batch and lengths (what TRL's GRPO trainer uses without vLLM).
     generate_seconds = float("nan")
     if not args.skip_generate:
         input_ids = torch.tensor(prompts, device=device)
-        sampler.generation_config.eos_token_id = None  # never stop early
-        sampler.generation_config.pad_token_id = 0
-        run_generate = lambda n: sampler.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                                  max_new_tokens=n, min_new_tokens=n, do_sample=True, top_k=0,
-                                                  top_p=1.0, temperature=1.0)
+        sampling.generation_config.eos_token_id = None  # never stop early
+        sampling.generation_config.pad_token_id = 0
+        run_generate = lambda n: sampling.generate(input_ids=input_ids,  # noqa: E731
+                                                   attention_mask=torch.ones_like(input_ids), max_new_tokens=n,
+                                                   min_new_tokens=n, do_sample=True, top_k=0, top_p=1.0,
+                                                   temperature=1.0)
         run_generate(8)
         generated, generate_seconds = timed(device, lambda: run_generate(args.new_tokens))
         assert generated.shape[1] == args.prompt_tokens + args.new_tokens
@@ -121,22 +126,20 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     config = sqlm.Config(micro_batch_tokens=args.micro_batch_tokens, mini_batch_size=128, beta=0.001)
-    if args.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
-    policy.config.use_cache = False
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6, weight_decay=0.01)
     step_prompts = [prompts[i % len(prompts)] for i in range(args.step_sequences)]
 
     def training_step():
-        answers = sqlm.sample_in_chunks(sampler, step_prompts, args.new_tokens, 1.0, [], 0, args.batch,
-                                        cuda_graph=not args.no_cuda_graph)
+        answers = sampler.sample_in_chunks(sampling, step_prompts, args.new_tokens, 1.0, [], 0, args.batch,
+                                           cuda_graph=not args.no_cuda_graph)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        episodes = [sqlm.Episode(p, a, 0.0, advantage=float(i % 3 - 1)) for i, (p, a) in enumerate(zip(step_prompts, answers))]
+        episodes = [sqlm.Episode(p, a, 0.0, advantage=float(i % 3 - 1))  # made-up advantages: timing only
+                    for i, (p, a) in enumerate(zip(step_prompts, answers))]
         policy.train()
         update = sqlm.update_policy(config, policy, reference, optimizer, episodes, device)
-        if sampler is not policy:
-            sqlm.sync_weights(policy, sampler)
+        if sampling is not policy:
+            sampler.copy_weights(policy, sampling)
         return update
 
     update, step_seconds = timed(device, training_step)
@@ -153,7 +156,7 @@ def main() -> None:
     )
     if device.type == "cuda":
         # Every decode step must read all weights once: the memory-bandwidth bound on a step's time.
-        weight_bytes = sum(p.numel() * p.element_size() for p in sampler.parameters())
+        weight_bytes = sum(p.numel() * p.element_size() for p in sampling.parameters())
         bandwidth = next((v for k, v in HBM_BYTES_PER_S.items() if k in result["device"]), None)
         if bandwidth:
             result["bandwidth_bound_share"] = (weight_bytes / bandwidth) / (sampler_seconds / args.new_tokens)

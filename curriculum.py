@@ -1,11 +1,12 @@
-"""A lens on the self-play curriculum: pure functions, no torch, no I/O.
+"""A lens on the self-play curriculum: pure functions, no torch, no I/O, no other project file.
 
-Training is label-free, but arithmetic questions can be checked exactly after the fact. This module is for
-the reader, not the trainer: it never feeds a reward, it only measures what the proposer and solver did.
+Training is label-free, but arithmetic questions can be checked exactly after the fact. This module measures
+what the proposer and solver did, for the reader. Its one use in training is deliberate and labelled: the
+diagnostic `--solver-reward truth` arm pays the solver with safe_eval's exact value (it uses labels; not SQLM).
 
-  safe_eval / format_answer   the exact value of a proposed question ("384/(52x2)+7^3-111" -> '3064/13')
+  safe_eval                   the exact value of a proposed question ("384/(52x2)+7^3-111" -> 3064/13)
   question_complexity         how big a question is (characters, digits, operators, numbers)
-  majority_histogram          how strongly the N solver answers agree, in the proposer's reward bands
+  band_shares                 too easy / in band (what the proposer was paid for) / too hard
   ngrams / novelty / ...      whether the proposer keeps inventing new questions or repeats itself
   audit_step                  how often the majority vote (the pseudo-label) is actually right
 """
@@ -117,12 +118,6 @@ def safe_eval(text: str) -> Fraction | None:
         return None
 
 
-def format_answer(value: Fraction) -> str:
-    """Canonical answer text, identical to rewards.canonical_number: 296 -> '296', -1/2 -> '-1/2'."""
-    value = Fraction(value)  # Fraction keeps itself reduced, with the sign on the numerator
-    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
-
-
 # ----------------------------------------------------------------------------- question size
 
 _NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")  # 1,234 and 2.5 are one number each
@@ -145,26 +140,28 @@ def question_complexity(text: str) -> dict:
 
 
 def majority_histogram(counts: list[int], n: int) -> dict:
-    """How many questions had majority count k = 0..n (0 = no parseable answer), plus the share in each
-    band of the proposer reward (rewards.math_rewards, gate="release", pays 1 < k < N):
-
-      too_hard  k <= 1      no two answers agree: no real majority, the proposer is not paid
-      in_band   1 < k < n   a majority but not unanimity: the questions the proposer is paid for
-      too_easy  k == n      all N answers agree: the proposer is not paid
-
-    Under gate="paper" (0 < k < N) the k = 1 questions are paid too; they are still counted as too_hard
-    here. The bands never overlap: with n = 1, k = 1 is too_easy. Fractions are 0.0 for an empty list."""
+    """How many questions had majority count k = 0..n (0 = no parseable answer): {'0': .., ..., 'n': ..}."""
     histogram = {str(k): 0 for k in range(n + 1)}
     for count in counts:
         if not 0 <= count <= n:
             raise ValueError(f"majority count {count} is outside 0..{n}")
         histogram[str(count)] += 1
-    total = len(counts)
-    too_easy = sum(count == n for count in counts)
-    too_hard = sum(count <= 1 and count != n for count in counts)
-    in_band = total - too_easy - too_hard
+    return histogram
+
+
+def band_shares(paid: list[bool], solved_by_all: list[bool]) -> dict:
+    """Each question's band, as shares of the step's questions (0.0 each when there are none):
+
+      in_band   the proposer was paid for it (math: 1 < k < N under the release gate; code: 0 < mean pass < 1)
+      too_easy  not paid, because every sample agreed (math: k = N) or passed every test (code)
+      too_hard  not paid otherwise (math: no two answers agree; code: no sample passed anything)
+
+    Bands come from the proposer's own reward, so they follow whatever gate the run uses."""
+    total = len(paid)
+    in_band = sum(paid)
+    too_easy = sum(all_ and not p for p, all_ in zip(paid, solved_by_all))
     share = (lambda part: part / total) if total else (lambda part: 0.0)
-    return dict(histogram, too_hard=share(too_hard), in_band=share(in_band), too_easy=share(too_easy))
+    return dict(too_hard=share(total - in_band - too_easy), in_band=share(in_band), too_easy=share(too_easy))
 
 
 # ----------------------------------------------------------------------------- novelty
@@ -218,66 +215,64 @@ def distinct_fraction(questions: list[str | None]) -> float:
 # ----------------------------------------------------------------------------- ground-truth audit
 
 
-def audit_step(
-    questions: list[str | None],
-    majority_answers: list[str | None],
-    solver_answers: list[list[str | None]],
-) -> dict:
-    """Check one arithmetic step against the exact truth, which training never sees.
+def audit_step(truths: list[str | None], majority_answers: list[str | None],
+               solver_answers: list[list[str | None]]) -> dict:
+    """Check one arithmetic step against the exact truth, which label-free training never sees.
 
-    questions[i] is None for an invalid proposal (skipped); majority_answers[i] and solver_answers[i] are
-    canonical strings (format_answer / rewards.canonical_answer), None where nothing parsed. Returns
-      n_valid                 questions that were not None
-      unparseable             valid questions safe_eval cannot evaluate (not plain arithmetic, too large, x/0)
-      n_evaluable             questions with an exact value
+    One entry per valid question: truths[i] is the canonical exact answer (None where the question is not
+    plain arithmetic, too large, or divides by zero); majority_answers[i] and solver_answers[i] are canonical
+    answer strings, None where nothing parsed. Returns
+      n_valid                 questions
+      unparseable             questions without an exact value
+      n_evaluable             questions with one
       pseudo_label_accuracy   share of evaluable questions whose majority answer is right (no majority = wrong)
       solver_accuracy         share of all solver answers to evaluable questions that are right (None = wrong)
     The accuracies are None when there is nothing to measure, like sqlm's other undefined statistics."""
-    if not len(questions) == len(majority_answers) == len(solver_answers):
-        raise ValueError("questions, majority_answers and solver_answers must have the same length")
-    n_valid = unparseable = labels_right = answers_right = answers_total = 0
-    for question, majority, answers in zip(questions, majority_answers, solver_answers):
-        if question is None:
-            continue
-        n_valid += 1
-        value = safe_eval(question)
-        if value is None:
-            unparseable += 1
-            continue
-        truth = format_answer(value)
-        labels_right += majority == truth
-        answers_right += sum(answer == truth for answer in answers)
-        answers_total += len(answers)
-    n_evaluable = n_valid - unparseable
+    if not len(truths) == len(majority_answers) == len(solver_answers):
+        raise ValueError("truths, majority_answers and solver_answers must have the same length")
+    evaluable = [(truth, majority, answers) for truth, majority, answers in zip(truths, majority_answers,
+                                                                                solver_answers) if truth is not None]
+    labels_right = sum(majority == truth for truth, majority, _ in evaluable)
+    answers_right = sum(answer == truth for truth, _, answers in evaluable for answer in answers)
+    answers_total = sum(len(answers) for _, _, answers in evaluable)
     return dict(
-        n_valid=n_valid,
-        unparseable=unparseable,
-        n_evaluable=n_evaluable,
-        pseudo_label_accuracy=labels_right / n_evaluable if n_evaluable else None,
+        n_valid=len(truths),
+        unparseable=len(truths) - len(evaluable),
+        n_evaluable=len(evaluable),
+        pseudo_label_accuracy=labels_right / len(evaluable) if evaluable else None,
         solver_accuracy=answers_right / answers_total if answers_total else None,
     )
 
 
-def step_report(task: str, records: list[dict], n: int, seen: set) -> dict:
-    """All curriculum metrics of one training step, flat, for metrics.jsonl. `records` are sqlm's per-question
-    records (valid questions only); `seen` holds the n-grams of earlier steps and is updated here.
-    For math it also adds each record's `truth` (multiplication only) for samples.jsonl."""
+def step_report(task: str, records: list[dict], n: int, seen: set, proposals: list[list[int]],
+                answers: list[list[int]], stop_ids: list[int]) -> dict:
+    """What one training step's proposer and solver did, flat, for metrics.jsonl. `records` are sqlm's
+    per-question records (valid questions only, with their rewards and, for multiplication, the exact `truth`);
+    `seen` holds the n-grams of earlier steps (the caller adds this step's: `seen |= step_ngrams(questions)`);
+    `proposals` and `answers` are the step's sampled token ids, each ending in a stop id if it finished."""
     questions = [record["question"] for record in records]
-    report = dict(distinct_questions=distinct_fraction(questions), novelty=novelty(questions, seen))
-    seen |= step_ngrams(questions)
+    unfinished = lambda completions: [not ids or ids[-1] not in stop_ids for ids in completions]  # noqa: E731
+    mean = lambda values: sum(values) / len(values) if values else 0.0  # noqa: E731
+    report = dict(proposer_length=mean([len(ids) for ids in proposals]),
+                  solver_length=mean([len(ids) for ids in answers]),
+                  proposer_truncated=mean(unfinished(proposals)), solver_truncated=mean(unfinished(answers)),
+                  sampled_tokens=sum(len(ids) for ids in proposals + answers),
+                  distinct_questions=distinct_fraction(questions), novelty=novelty(questions, seen))
     complexity = [question_complexity(q) for q in questions]
     for key in ("length", "digits", "operators"):
         report[f"question_{key}"] = sum(c[key] for c in complexity) / len(complexity) if complexity else None
+    paid = [record["proposer_reward"] > 0 for record in records]
     if task == "coding":
+        report.update(band_shares(paid, [min(r["pass_fractions"], default=0.0) == 1.0 for r in records]))
         return report
+    report.update(band_shares(paid, [record["majority_count"] == n for record in records]))
+    # How strongly the N answers agree: the mean share of the majority answer (1.0 = unanimous).
+    report["majority_agreement"] = mean([record["majority_count"] / n for record in records]) if records else None
     histogram = majority_histogram([record["majority_count"] for record in records], n)
-    report.update({f"majority_count_{k}": v for k, v in histogram.items() if k.isdigit()})
-    report.update(too_hard=histogram["too_hard"], in_band=histogram["in_band"], too_easy=histogram["too_easy"])
+    report.update({f"majority_count_{k}": count for k, count in histogram.items()})
     if task == "multiplication":
-        for record in records:  # the lens only: training never reads `truth`
-            value = safe_eval(record["question"])
-            record["truth"] = format_answer(value) if value is not None else None
-        audit = audit_step(questions, [r["majority"] for r in records], [r["answers"] for r in records])
+        audit = audit_step([r["truth"] for r in records], [r["majority"] for r in records],
+                           [r["answers"] for r in records])
         report.update(pseudo_label_accuracy=audit["pseudo_label_accuracy"], solver_accuracy=audit["solver_accuracy"],
                       unparseable_questions=audit["unparseable"])
     return report

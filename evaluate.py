@@ -1,4 +1,4 @@
-"""Benchmarks and a CLI to score any checkpoint with greedy decoding and strict 0/1 accuracy.
+"""The tasks: their prompts, their benchmark sets, strict scoring, and a CLI to score any checkpoint greedily.
 
     python evaluate.py --task multiplication --model runs/sqlm/checkpoint --limit 512
     python evaluate.py --task algebra --model Qwen/Qwen2.5-3B-Instruct --data omega_linear_equations.jsonl
@@ -11,12 +11,13 @@ Which problems:
                   rational solutions); --data FILE.jsonl with {"question", "answer"} lines for the real set.
   coding          data/coding_eval.jsonl, original problems written for this project (a smoke test, not the
                   paper's 123 Codeforces problems); --data FILE.jsonl with {"problem", "tests"} lines.
-  --tiny          the CPU demo's distribution instead (tiny.py: 2- or 3-digit x 1-digit multiplication), 500
-                  problems whose operand pairs the tiny base never saw; on by default with --model tiny.
-The last line printed is JSON: {"task", "n", "accuracy", ...}.
+  --data FILE     any JSON-lines file of such problems (the CPU demo's model ships its held-out set as
+                  MODEL_DIR/test.jsonl).
+The last line printed is JSON: {"task", "n", "accuracy", "correct", "model"}.
 """
 
 import argparse
+import functools
 import json
 import random
 import sys
@@ -26,12 +27,45 @@ from pathlib import Path
 import torch
 
 import rewards
-from sqlm import (TASK_MAX_NEW_TOKENS, TASKS, TINY_MAX_NEW_TOKENS, chat_prompt_ids, load_model, pad_token_id,
-                  resolve_device, sample_in_chunks, solver_prompt, stop_token_ids)
+import sandbox
+import sampler
 
-CODING_EVAL_FILE = Path(__file__).resolve().parent / "data" / "coding_eval.jsonl"
-TEST_SEED = 1  # the test sets; validation during training uses another seed (see VALIDATION_SEED)
+REPO_ROOT = Path(__file__).resolve().parent
+PROMPTS_DIR = REPO_ROOT / "prompts"
+CODING_EVAL_FILE = REPO_ROOT / "data" / "coding_eval.jsonl"
+TASKS = ("multiplication", "algebra", "coding")
+# Response budgets from the paper's Table 4: arithmetic 1024, algebra 3072, coding 512 tokens.
+TASK_MAX_NEW_TOKENS = {"multiplication": 1024, "algebra": 3072, "coding": 512}
+TEST_SEED = 1  # the generated test sets; validation during training uses another seed
 VALIDATION_SEED = 2
+
+
+# ============================================================================ prompts
+
+
+@functools.cache  # read each prompt file once, not once per question
+def read_prompt(name: str) -> str:
+    """The exact text of prompts/<name>.txt (the release's prompts, whose newlines are part of them)."""
+    return (PROMPTS_DIR / f"{name}.txt").read_text(encoding="utf-8")
+
+
+def solver_prompt(task: str, question: str) -> str:
+    """The solver's user turn: the task's solver prompt with the question filled in (training and evaluation)."""
+    if task == "coding":
+        return read_prompt("coding_solver").replace("{problem}", question)
+    return read_prompt("math_solver").replace("{question}", question)
+
+
+def solver_system(task: str) -> str | None:
+    """The solver's system turn: the release sends one for coding only (its action format); None keeps the chat
+    template's default system turn, as the release does for math."""
+    return read_prompt("coding_solver_system") if task == "coding" else None
+
+
+def max_new_tokens(task: str, model, requested: int = 0) -> int:
+    """The response budget: as requested, else the model's own default (generation_config.max_new_tokens, which
+    a small demo model sets to what its answers need), else the paper's budget for the task."""
+    return requested or getattr(model.generation_config, "max_new_tokens", None) or TASK_MAX_NEW_TOKENS[task]
 
 
 # ============================================================================ problem sets
@@ -50,23 +84,20 @@ def multiplication_problems(n: int = 4096, seed: int = TEST_SEED) -> list[dict]:
     return problems
 
 
-def _fraction_text(value: Fraction) -> str:
-    return rewards.canonical_number(value)
-
-
 def _linear_problem(rng: random.Random) -> tuple[str, str] | None:
     """One OMEGA-style linear-equation word problem and its canonical answer (None = retry: not unique)."""
     name = rng.choice(["Ava", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ines", "Jon"])
     kind = rng.randrange(7)
     a, b, c, d = (rng.randint(2, 19) for _ in range(4))
+    text = rewards.canonical_number
     if kind == 0:  # ax + b = c, answer may be a fraction
         total = rng.randint(b + 1, b + 200)
         return (f"A number is multiplied by {a} and then {b} is added; the result is {total}. What is the number?",
-                _fraction_text(Fraction(total - b, a)))
+                text(Fraction(total - b, a)))
     if kind == 1:  # ax + b = cx + d with a != c
         if a == c:
             return None
-        return (f"Solve for x: {a}x + {b} = {c}x + {d}.", _fraction_text(Fraction(d - b, a - c)))
+        return f"Solve for x: {a}x + {b} = {c}x + {d}.", text(Fraction(d - b, a - c))
     if kind == 2:  # rectangle perimeter, width unknown
         width = rng.randint(1, 40)
         perimeter = 2 * (2 * width + a)
@@ -75,9 +106,10 @@ def _linear_problem(rng: random.Random) -> tuple[str, str] | None:
     if kind == 3:  # tickets: two unknowns with integer solution
         adults, children = rng.randint(1, 60), rng.randint(1, 60)
         price_adult, price_child = a + 5, rng.randint(1, a + 4)
-        return (f"A theater sold {adults + children} tickets for a total of {adults * price_adult + children * price_child} "
-                f"dollars. Adult tickets cost {price_adult} dollars and child tickets cost {price_child} dollars. How many "
-                f"adult and child tickets were sold? Give the answer as (adults, children).", f"({adults}, {children})")
+        return (f"A theater sold {adults + children} tickets for a total of "
+                f"{adults * price_adult + children * price_child} dollars. Adult tickets cost {price_adult} dollars "
+                f"and child tickets cost {price_child} dollars. How many adult and child tickets were sold? Give the "
+                f"answer as (adults, children).", f"({adults}, {children})")
     if kind == 4:  # sum and difference
         larger, smaller = rng.randint(-50, 100), rng.randint(-100, 49)
         if larger <= smaller:
@@ -91,7 +123,7 @@ def _linear_problem(rng: random.Random) -> tuple[str, str] | None:
             return None
         x, y = Fraction(e * d - b * f, determinant), Fraction(a * f - e * c, determinant)
         return (f"Solve the system of equations {a}x + {b}y = {e} and {c}x + {d}y = {f}. Give the answer as (x, y).",
-                f"({_fraction_text(x)}, {_fraction_text(y)})")
+                f"({text(x)}, {text(y)})")
     # kind 6: ages, one unknown
     years = rng.randint(2, 15)
     child = rng.randint(2, 30)
@@ -113,51 +145,73 @@ def algebra_problems(n: int = 100, seed: int = TEST_SEED) -> list[dict]:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """A JSON-lines file of objects. Any problem is one sentence naming the file and the line (1-based)."""
     try:
-        lines = Path(path).read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
-    except (OSError, json.JSONDecodeError) as error:
-        raise SystemExit(f"error: cannot read problems from {str(path)!r} ({error}); pass a JSON-lines file.")
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not UTF-8 text"
+        raise SystemExit(f"error: cannot read {str(path)!r} ({reason}); pass a JSON-lines text file.") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"error: line {number} of {str(path)!r} is not JSON ({error.msg}); "
+                             "write one JSON object per line.") from None
+        if not isinstance(row, dict):
+            raise SystemExit(f"error: line {number} of {str(path)!r} is not a JSON object; "
+                             "write one JSON object per line.")
+        rows.append(row)
+    return rows
 
 
-def tiny_problems(split: str = "test") -> list[dict]:
-    """The tiny demo's held-out problems (tiny.py): operand pairs never seen in its pretraining, in any role."""
-    import tiny
+def problem_error(task: str, problem: dict) -> str | None:
+    """What is wrong with one problem of `task`, or None. Checked before any model is loaded."""
+    if task == "coding":
+        tests = problem.get("tests")
+        if not isinstance(problem.get("problem"), str) or not isinstance(tests, list) or not tests:
+            return 'it needs "problem" (text) and "tests" (a non-empty list)'
+        if not all(isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output"), str)
+                   for t in tests):
+            return 'every test needs "input" and "output" strings'
+        return None
+    if not isinstance(problem.get("question"), str) or "answer" not in problem:
+        return 'it needs "question" (text) and "answer"'
+    if rewards.canonical_answer(str(problem["answer"])) is None:
+        return f"its answer {str(problem['answer'])[:40]!r} is not a number, fraction or tuple of numbers"
+    return None
 
-    pairs = tiny.heldout_problems() if split == "test" else tiny.validation_problems()
-    return [{"question": question, "answer": str(answer)} for question, answer in pairs]
 
-
-def load_problems(task: str, limit: int | None = None, data: str | None = None, seed: int = TEST_SEED,
-                  tiny: bool = False) -> list[dict]:
-    """The task's problem set (or --data, or the tiny demo's held-out set), first `limit` problems."""
-    if tiny and task != "multiplication":
-        raise SystemExit("error: the tiny demo model only knows --task multiplication.")
+def load_problems(task: str, limit: int | None = None, data: str | None = None, seed: int = TEST_SEED) -> list[dict]:
+    """The task's built-in problem set (or the JSON-lines file `data`), first `limit` problems."""
     if data:
         problems = read_jsonl(data)
-        key = "problem" if task == "coding" else "question"
-        if not all(key in p and ("tests" if task == "coding" else "answer") in p for p in problems):
-            wanted = '{"problem", "tests"}' if task == "coding" else '{"question", "answer"}'
-            raise SystemExit(f"error: every line of {data!r} needs the keys {wanted} for --task {task}.")
-    elif tiny:
-        problems = tiny_problems("test")
+        for number, problem in enumerate(problems, start=1):
+            error = problem_error(task, problem)
+            if error:
+                raise SystemExit(f"error: problem {number} of {str(data)!r} does not fit --task {task}: {error}.")
+        if not problems:
+            raise SystemExit(f"error: {str(data)!r} holds no problems; pass a file with one JSON object per line.")
     elif task == "multiplication":
         problems = multiplication_problems(seed=seed)
     elif task == "algebra":
         problems = algebra_problems(seed=seed)
-    elif task == "coding":
-        problems = read_jsonl(CODING_EVAL_FILE)
     else:
-        raise SystemExit(f"error: unknown --task {task!r}: choose one of {', '.join(TASKS)}.")
+        problems = read_jsonl(CODING_EVAL_FILE)
     return problems[:limit] if limit else problems
 
 
-def validation_problems(task: str, limit: int, tiny: bool = False) -> list[dict]:
-    """Problems for choosing checkpoints during training: generated from VALIDATION_SEED, with every problem
-    of the test set removed, so model selection never sees a test problem."""
-    if tiny:  # the tiny demo's validation pairs: disjoint from its test pairs by construction
-        return tiny_problems("validation")[:limit]
-    if task == "coding":  # no generator: hold out the last problems of the shipped set
+def validation_problems(task: str, limit: int, data: str | None = None) -> list[dict]:
+    """Problems for choosing checkpoints during training: the first `limit` of the file `data` if given (the CPU
+    demo's model ships validation.jsonl, disjoint from its test.jsonl). Else, math: generated from
+    VALIDATION_SEED with every problem of the built-in test set removed, so model selection never sees a test
+    problem. Coding has no generator: it reuses the last (up to 8) problems of the built-in coding set, which are
+    therefore NOT held out from that set's score (a --data Codeforces file is untouched)."""
+    if data:
+        return load_problems(task, limit, data)
+    if task == "coding":
         return read_jsonl(CODING_EVAL_FILE)[-min(limit, 8):]
     test = {p["question"] for p in load_problems(task)}
     return [p for p in load_problems(task, seed=VALIDATION_SEED) if p["question"] not in test][:limit]
@@ -169,23 +223,22 @@ def validation_problems(task: str, limit: int, tiny: bool = False) -> list[dict]
 def is_correct(task: str, problem: dict, completion: str) -> bool:
     """Strict 0/1: the canonical answer matches, or the program passes every test."""
     if task == "coding":
-        import sandbox
-
         code = rewards.extract_code(completion)
         tests = [(t["input"], t["output"]) for t in problem["tests"]]
         return code is not None and sandbox.pass_fraction(code, tests) == 1.0
     return rewards.extract_answer(completion) == rewards.canonical_answer(str(problem["answer"]))
 
 
-def score(model, tokenizer, task: str, problems: list[dict], stop_ids: list[int], max_new_tokens: int = 0,
+def score(model, tokenizer, task: str, problems: list[dict], stop_ids: list[int], max_new_tokens: int,
           batch_size: int = 64) -> dict:
-    """Greedy decoding, one sample per problem."""
+    """Greedy decoding, one sample per problem, strict accuracy. `completions` and the per-problem `is_correct`
+    are returned for callers (the CLI prints only the numbers)."""
     key = "problem" if task == "coding" else "question"
-    prompts = [chat_prompt_ids(tokenizer, solver_prompt(task, p[key])) for p in problems]
+    prompts = [sampler.chat_prompt_ids(tokenizer, solver_prompt(task, p[key]), solver_system(task)) for p in problems]
     was_training = model.training
     model.eval()
-    completions = sample_in_chunks(model, prompts, max_new_tokens or TASK_MAX_NEW_TOKENS[task], 0.0, stop_ids,
-                                   pad_token_id(tokenizer, stop_ids), batch_size)
+    completions = sampler.sample_in_chunks(model, prompts, max_new_tokens, 0.0, stop_ids,
+                                           sampler.pad_token_id(tokenizer, stop_ids), batch_size)
     model.train(was_training)
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
     correct = [is_correct(task, p, t) for p, t in zip(problems, texts)]
@@ -193,32 +246,42 @@ def score(model, tokenizer, task: str, problems: list[dict], stop_ids: list[int]
             "correct": sum(correct), "completions": texts, "is_correct": correct}
 
 
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when there is a GPU, else cpu. Asking for cuda without one is refused in one sentence."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    elif name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda needs a GPU and none is visible here: use auto or cpu.")
+    return torch.device(name)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Score a model with greedy decoding and strict accuracy.")
-    parser.add_argument("--task", required=True, help="multiplication | algebra | coding")
+    parser = argparse.ArgumentParser(description="Score a model with greedy decoding and strict 0/1 accuracy.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--task", required=True, choices=TASKS, help="which task's problems and prompts")
     parser.add_argument("--model", required=True, help="hub name or local checkpoint directory")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N problems")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N problems (N >= 1)")
     parser.add_argument("--data", default=None, help="JSON-lines file of problems instead of the built-in set")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--tiny", action="store_true",
+                        help="older spelling of --data MODEL/test.jsonl (the CPU demo model ships its test set there)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
     parser.add_argument("--batch-size", type=int, default=64, help="problems decoded together")
-    parser.add_argument("--max-new-tokens", type=int, default=0, help="0 = the task's default")
-    parser.add_argument("--show", type=int, default=0, help="print the first N completions")
-    parser.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=None,
-                        help="score on the tiny demo's held-out problems (default: on with --model tiny)")
+    parser.add_argument("--max-new-tokens", type=int, default=0,
+                        help="response budget; 0 = the model's generation_config.max_new_tokens, else the task's")
+    parser.add_argument("--show", type=int, default=0, help="print the first N completions to stderr")
     args = parser.parse_args(argv)
-    tiny = args.model == "tiny" if args.tiny is None else args.tiny
-    if args.task not in TASKS:
-        raise SystemExit(f"error: unknown --task {args.task!r}: choose one of {', '.join(TASKS)}.")
-    if args.device not in ("auto", "cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
-        raise SystemExit(f"error: --device {args.device!r} is not available here: use auto, cpu or cuda (with a GPU).")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1 (leave it out to score every problem)")
+    if args.batch_size < 1 or args.max_new_tokens < 0 or args.show < 0:
+        parser.error("--batch-size must be at least 1, --max-new-tokens and --show at least 0")
     device = resolve_device(args.device)
-    problems = load_problems(args.task, args.limit, args.data, tiny=tiny)
+    data = str(Path(sampler.model_location(args.model)) / "test.jsonl") if args.tiny else args.data
+    problems = load_problems(args.task, args.limit, data)  # checked before the (slow) model load
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model, tokenizer = load_model(args.model, device, dtype)
-    # The tiny base answers in at most 66 tokens; a short budget keeps a rambling row from costing 1,024 CPU steps.
-    max_new_tokens = args.max_new_tokens or (TINY_MAX_NEW_TOKENS if tiny else 0)
-    result = score(model, tokenizer, args.task, problems, stop_token_ids(model, tokenizer), max_new_tokens,
-                   args.batch_size)
+    model, tokenizer = sampler.load_model(args.model, device, dtype)
+    stop_ids = sampler.stop_token_ids(model, tokenizer)
+    result = score(model, tokenizer, args.task, problems, stop_ids,
+                   max_new_tokens(args.task, model, args.max_new_tokens), args.batch_size)
     for text in result["completions"][:args.show]:
         print("---\n" + text, file=sys.stderr)
     del result["completions"], result["is_correct"]  # per-problem lists: for callers, not for the JSON line

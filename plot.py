@@ -14,9 +14,19 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-# Flags that do not change what a run learns (paths, speed and memory knobs, logging), so never label a run.
-IGNORED = {"out", "resume", "device", "seed", "save_every", "samples_per_step", "eval_every", "eval_limit",
-           "rollout_batch_size", "micro_batch_tokens", "cuda_graph", "gradient_checkpointing"}
+import sqlm
+
+try:  # optional: only this script needs it
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+except ImportError:
+    matplotlib = None
+
+# Flags that never label a run: those that do not change what it learns (paths, speed and memory knobs, logging;
+# the ones --resume may change, but for the length of the run), and the seed and validation set, which vary
+# within one setting.
+IGNORED = (sqlm.RESUMABLE - {"steps"}) | {"seed", "eval_limit", "validation_data"}
 
 # (metrics.jsonl key, panel title) for the two figures; a key a run lacks is simply not drawn.
 TRAINING_PANELS = [
@@ -38,7 +48,8 @@ def read_run(directory: Path) -> tuple[dict, list[dict]]:
         config = json.loads((directory / "config.json").read_text())
         lines = (directory / "metrics.jsonl").read_text().splitlines()
     except OSError as error:
-        raise SystemExit(f"error: {str(directory)!r} is not a run directory ({error.strerror}); pass --out of sqlm.py.")
+        raise SystemExit(f"error: {str(directory)!r} is not a run directory ({error.strerror}); pass the --out of "
+                         "a sqlm.py run.") from None
     return config, [json.loads(line) for line in lines if line.strip()]
 
 
@@ -53,7 +64,8 @@ def series(metrics: list[dict], key: str) -> tuple[list[float], list[float]]:
     """(x, y) of one metric. Validation accuracy is measured after step s's update, so it sits at x = s + 1,
     with the accuracy before training at x = 0."""
     if key == "validation_accuracy":
-        points = [(0, m["validation_accuracy_initial"]) for m in metrics if m.get("validation_accuracy_initial") is not None]
+        points = [(0, m["validation_accuracy_initial"]) for m in metrics
+                  if m.get("validation_accuracy_initial") is not None]
         points += [(m["step"] + 1, m[key]) for m in metrics if m.get(key) is not None]
     else:
         points = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
@@ -62,7 +74,8 @@ def series(metrics: list[dict], key: str) -> tuple[list[float], list[float]]:
 
 def smooth(values: list[float], window: int) -> list[float]:
     """Trailing moving average, so noisy per-step rewards show their trend (window 1 = raw)."""
-    return [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1]) for i in range(len(values))]
+    windows = [values[max(0, i - window + 1):i + 1] for i in range(len(values))]
+    return [sum(part) / len(part) for part in windows]
 
 
 def mean_over_seeds(curves: list[tuple[list, list]]) -> tuple[list, list]:
@@ -73,11 +86,6 @@ def mean_over_seeds(curves: list[tuple[list, list]]) -> tuple[list, list]:
 
 
 def draw(figure_path: Path, panels, groups: dict, window: int, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
-
     figure, axes = plt.subplots(2, 2, figsize=(12, 8), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ["-", "--", ":"]
@@ -118,9 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is None and len(args.runs) > 1:
         raise SystemExit("error: with several runs, pass --out PREFIX for the overlay pictures.")
     loaded = [read_run(run) for run in args.runs]
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    if matplotlib is None:
         raise SystemExit("error: plot.py needs matplotlib, an optional requirement: pip install matplotlib.")
     groups = defaultdict(list)  # label -> metrics of each seed
     for label, (_, metrics) in zip(run_labels([config for config, _ in loaded]), loaded):

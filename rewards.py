@@ -8,6 +8,11 @@ Math: the solver's N answers vote; the majority answer stands in for the (unknow
 Code: the proposer writes unit tests; the solver's program runs against them (sandbox.py).
   solver reward   = fraction of tests its program passes
   proposer reward = 1 if 0 < mean pass fraction < 1
+
+Parity with the authors' release (lili-chen/self-questioning-lm, a verl fork) is pinned case by case in
+tests/test_release_parity.py; every deliberate difference there has a key and a reason. File:line references
+below are to that repository at commit 7844786 (and to volcengine/verl at 10f0796 for the code sandbox, whose
+`compute_score` signature is the one the release calls).
 """
 
 import re
@@ -16,22 +21,30 @@ from fractions import Fraction
 
 # ----------------------------------------------------------------------------- parsing proposals
 
+TESTS_MARKER = "Test Cases:"
+# The release scores a program on the first 10 tests only (verl sandbox_fusion/__init__.py:83,
+# `continuous=True`, called from verl/utils/reward_score/__init__.py); the prompt asks for 5.
+MAX_TESTS = 10
+
 
 def parse_question(task: str, proposal: str) -> str | None:
     """Turn the proposer's completion into the question the solver sees; None = invalid question."""
     text = proposal.strip()
     if task == "multiplication":
-        # The whole completion is the question ("563+247-189").
+        # The whole completion is the question ("563+247-189"); the release (ray_trainer.py:1060, parser v1)
+        # also passes an empty one on, we call it invalid.
         return text or None
     if task == "algebra":
-        # The prompt asks for three problems and then "Selected Question: <question>"; take the last one.
+        # The prompt asks for three problems and then "Selected Question: <question>"; take the text after the
+        # last marker, as the release does (ray_trainer.py:1069, parser v2), without its ": " and markdown.
         marker = "Selected Question"
         if marker not in text:
             return None
         question = text.rsplit(marker, 1)[1].strip(" \n:*")  # also drops markdown bold: **Selected Question:**
         return question or None
     if task == "coding":
-        # The problem is everything before "Test Cases:"; without tests there is nothing to score against.
+        # The problem is everything before the first "Test Cases:" (ray_trainer.py:79-80); without tests there
+        # is nothing to score against.
         problem, tests = split_coding_proposal(text)
         return problem if problem and tests else None
     raise ValueError(f"unknown task {task!r}")
@@ -39,37 +52,63 @@ def parse_question(task: str, proposal: str) -> str | None:
 
 def split_coding_proposal(text: str) -> tuple[str, list[tuple[str, str]]]:
     """'<problem> Test Cases: <in ||| out lines>' -> (problem, tests). No marker -> (text, [])."""
-    marker = "Test Cases:"
-    if marker not in text:
+    if TESTS_MARKER not in text:
         return text.strip(), []
-    problem, _ = text.split(marker, 1)
+    problem, _ = text.split(TESTS_MARKER, 1)
     return problem.strip(), parse_tests(text)
 
 
+# "1. ", "2) ", "- " or "* " in front of a test line: list markup, not part of the input.
+_LIST_MARKUP = re.compile(r"^\s*(?:\d+[.)]\s+|[-*]\s+)")
+
+
+def _clean_test_field(text: str) -> str:
+    """One side of an `INPUT ||| OUTPUT` line: without surrounding whitespace and `code` backticks, and with a
+    written-out `\\n` turned into a newline (the release's prompt asks for a "trailing '\\n'" in OUTPUT_STRING,
+    which its sandbox then compares literally and never matches)."""
+    text = text.strip().strip("`").strip()
+    return text.replace("\\n", "\n").strip()
+
+
 def parse_tests(text: str) -> list[tuple[str, str]]:
-    """The `INPUT ||| OUTPUT` lines after the last 'Test Cases:' marker, as (input, output) pairs."""
-    marker = "Test Cases:"
-    if marker not in text:
+    """The `INPUT ||| OUTPUT` lines between the first 'Test Cases:' marker and the next one (as the release,
+    ray_trainer.py:114-130), at most MAX_TESTS of them, as (input, output) pairs. An empty output is a test too
+    (the expected output of a program that prints nothing, e.g. an empty list)."""
+    if TESTS_MARKER not in text:
         return []
+    section = text.split(TESTS_MARKER)[1]
     tests = []
-    for line in text.rsplit(marker, 1)[1].splitlines():
+    for line in section.splitlines():
         if "|||" not in line:
             continue
         test_input, expected = line.split("|||", 1)
-        # Models like to wrap tests in backticks or number them ("1. 3 4 ||| 7"); keep the plain values.
-        test_input = re.sub(r"^\s*(?:\d+[.)]\s+|[-*]\s+)?", "", test_input).strip().strip("`").strip()
-        expected = expected.strip().strip("`").strip()
-        if expected:
-            tests.append((test_input, expected))
-    return tests
+        # Models like to number their tests ("1. 3 4 ||| 7") or wrap them in backticks; keep the plain values.
+        tests.append((_clean_test_field(_LIST_MARKUP.sub("", test_input)), _clean_test_field(expected)))
+    return tests[:MAX_TESTS]
+
+
+# A python block: ```python (```py, ```python3, any capitalisation) alone on its line, up to the next ``` or the
+# end of the text (an unclosed last block still counts, as in the release). Openers are searched for directly, so a
+# stray ``` earlier in the text cannot pair up with one of them.
+_PYTHON_BLOCK = re.compile(r"```(?:python3?|py)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+_TAG_LINE = re.compile(r"[A-Za-z][\w+#.-]*")
 
 
 def extract_code(text: str) -> str | None:
-    """The last ```python fenced block of a completion (the solver's program), or None."""
-    blocks = re.findall(r"```(?:python|py|Python)[ \t]*\n(.*?)```", text, flags=re.DOTALL)
-    if not blocks:
+    """The solver's program: the last ```python block; without one, the first fenced block of any kind (its
+    language tag line dropped), as the release's sandbox does (verl sandbox_fusion/__init__.py:46-57).
+    None when there is no fence at all or the block is blank."""
+    blocks = _PYTHON_BLOCK.findall(text)
+    if blocks:
+        code = blocks[-1]
+    elif "```" in text:
+        code = text.split("```")[1]  # the text after the first fence, up to the next one
+        first_line, newline, rest = code.partition("\n")
+        if newline and _TAG_LINE.fullmatch(first_line.strip()):
+            code = rest
+    else:
         return None
-    code = blocks[-1].strip("\n")
+    code = code.strip("\n")
     return code if code.strip() else None
 
 
@@ -79,29 +118,35 @@ def extract_code(text: str) -> str | None:
 # hostile "1e999999999" can never make us build an astronomically large integer.
 _INT = r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)"
 _NUMBER = re.compile(rf"^({_INT})(?:\.(\d+))?(?:\s*/\s*({_INT}))?$")
-_MAX_ANSWER_CHARS = 200
+# The release accepts whatever Python's int() accepts, which stops at 4300 digits
+# (sys.int_info.default_max_str_digits); longer text is refused before any parsing.
+_MAX_ANSWER_CHARS = 4400
 
 
 def parse_number(text: str) -> Fraction | None:
-    """'1,234' | '-0.5' | '3/4' | '\\frac{3}{4}' | '7.0' -> exact Fraction; anything else -> None."""
+    """'1,234' | '-0.5' | '3/4' | '\\frac{3}{4}' | '7.0' | '1_000' -> exact Fraction; anything else -> None."""
     text = text.strip().strip("$").strip()
     text = re.sub(r"\\d?frac\{([^{}]*)\}\{([^{}]*)\}", r"\1/\2", text)  # LaTeX \frac{a}{b} -> a/b
     text = text.replace("\u2212", "-").rstrip(".").strip()  # unicode minus, trailing full stop
+    text = re.sub(r"(?<=\d)_(?=\d)", "", text)  # Python-style digit grouping, which the release's int() takes
     match = _NUMBER.match(text)
     if not match:
         return None
     whole, decimals, denominator = match.groups()
-    value = Fraction(whole.replace(",", ""))
-    if decimals:
-        sign = -1 if whole.startswith("-") else 1
-        value += sign * Fraction(int(decimals), 10 ** len(decimals))
-    if denominator:
-        if decimals:  # "0.5/2" is not a form anyone writes on purpose
-            return None
-        denominator_value = Fraction(denominator.replace(",", ""))
-        if denominator_value == 0:
-            return None
-        value /= denominator_value
+    try:  # int() refuses more than 4300 digits (ValueError), as it does in the release
+        value = Fraction(whole.replace(",", ""))
+        if decimals:
+            sign = -1 if whole.startswith("-") else 1
+            value += sign * Fraction(int(decimals), 10 ** len(decimals))
+        if denominator:
+            if decimals:  # "0.5/2" is not a form anyone writes on purpose
+                return None
+            denominator_value = Fraction(denominator.replace(",", ""))
+            if denominator_value == 0:
+                return None
+            value /= denominator_value
+    except ValueError:
+        return None
     return value
 
 
@@ -116,27 +161,36 @@ def canonical_answer(text: str) -> str | None:
     text = text.strip()
     if not text or len(text) > _MAX_ANSWER_CHARS:
         return None
-    single = parse_number(text)
-    if single is not None:
-        return canonical_number(single)
-    inner = text.strip("()[]{}").strip()
-    parts = [part for part in re.split(r",|;|\band\b", inner) if part.strip()]
-    if len(parts) < 2:
-        # A single "x = 3" is still one number.
-        parts = parts or [inner]
-    values = []
-    for part in parts:
-        part = re.sub(r"^\s*[A-Za-z]\w*\s*=", "", part)  # drop a "x =" label
-        value = parse_number(part)
-        if value is None:
-            return None
-        values.append(canonical_number(value))
+    try:
+        single = parse_number(text)
+        if single is not None:
+            return canonical_number(single)
+        inner = text.strip("()[]{}").strip()
+        parts = [part for part in re.split(r",|;|\band\b", inner) if part.strip()]
+        if len(parts) < 2:
+            # A single "x = 3" is still one number.
+            parts = parts or [inner]
+        values = []
+        for part in parts:
+            part = re.sub(r"^\s*[A-Za-z]\w*\s*=", "", part)  # drop a "x =" label
+            value = parse_number(part)
+            if value is None:
+                return None
+            values.append(canonical_number(value))
+    except ValueError:  # str() of a rational with more than 4300 digits
+        return None
     return values[0] if len(values) == 1 else "(" + ", ".join(values) + ")"
+
+
+# The innermost <answer>...</answer>: its content holds no other "<answer>", so a stray opening tag earlier in the
+# text ("I will put it in <answer> tags.") cannot swallow the real answer. Spans lines (the release's pattern,
+# verl/utils/reward_score/multiply.py:6, does not, and misses an answer written on its own line).
+_ANSWER = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.DOTALL)
 
 
 def extract_answer(text: str) -> str | None:
     """The canonical number inside the last <answer>...</answer> of a completion; None if missing or not numeric."""
-    matches = re.findall(r"<answer>(.*?)</answer>", text, flags=re.DOTALL)
+    matches = _ANSWER.findall(text)
     if not matches:
         return None
     return canonical_answer(matches[-1])
@@ -146,8 +200,9 @@ def extract_answer(text: str) -> str | None:
 
 
 def majority_vote(answers: list[str | None]) -> tuple[str | None, int]:
-    """Most common non-None answer and its count; ties go to the answer seen first (as Counter.most_common
-    does in the authors' release). No parseable answer -> (None, 0)."""
+    """Most common non-None answer and its count; ties go to the answer seen first (Counter.most_common, as in
+    the release's majority.py:90-91). No parseable answer -> (None, 0). Unlike the release, None never takes
+    part in the vote: there, "no answer" can outvote (or tie first with) real answers and pay nobody."""
     counts = Counter(answer for answer in answers if answer is not None)
     if not counts:
         return None, 0
@@ -158,8 +213,8 @@ def majority_vote(answers: list[str | None]) -> tuple[str | None, int]:
 def math_rewards(answers: list[str | None], gate: str = "release") -> tuple[list[float], float]:
     """Rewards for one question's N solver answers -> (solver reward per answer, proposer reward).
 
-    gate="release": the proposer is paid when 1 < count < N (the authors' code: a question that only one
-    sample answers a given way has no real majority). gate="paper": 0 < count < N (the paper's Eq. 2)."""
+    gate="release": the proposer is paid when 1 < count < N (ray_trainer.py:1194-1196: a question that only
+    one sample answers a given way has no real majority). gate="paper": 0 < count < N (the paper's Eq. 2)."""
     if gate not in ("release", "paper"):
         raise ValueError(f"gate must be 'release' or 'paper', not {gate!r}")
     majority, count = majority_vote(answers)
@@ -177,7 +232,7 @@ def format_rewards(answers: list[str | None]) -> list[float]:
 def code_rewards(pass_fractions: list[float]) -> tuple[list[float], float]:
     """Rewards for one problem's N programs -> (solver reward per program, proposer reward).
     The solver earns the fraction of tests it passes; the proposer earns 1 if the problem is neither solved
-    by every sample on every test nor failed by all of them (0 < mean < 1)."""
+    by every sample on every test nor failed by all of them (0 < mean < 1, ray_trainer.py:1213-1215)."""
     solver_rewards = [float(fraction) for fraction in pass_fractions]
     mean = sum(solver_rewards) / len(solver_rewards) if solver_rewards else 0.0
     proposer_reward = 1.0 if 0.0 < mean < 1.0 else 0.0

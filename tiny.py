@@ -1,24 +1,18 @@
-"""Tiny Qwen2-style models for tests and laptop demos, built offline.
+"""The CPU demo's model, built offline: a tiny Qwen2-architecture chat model pretrained for a few minutes to
+propose and solve multiplication problems in the project's own prompt format, so that self-play has something
+to improve on a laptop. `python tiny.py` builds it (or finds it built) and prints its directory.
 
-There is no model hub here, so everything a checkpoint needs is made from scratch:
+What the directory holds, like any model directory, plus the demo's data:
+  config.json, model.safetensors, tokenizer files   what from_pretrained reads
+  generation_config.json                            stop tokens, and max_new_tokens = 80 (its longest answer + 1)
+  test.jsonl, validation.jsonl                      held-out problems (evaluate.py --data, sqlm.py --validation-data)
 
-* `build_tokenizer`         - a byte-level BPE tokenizer with Qwen2.5's special tokens, digit splitting and
-                              ChatML chat template, trained in a fraction of a second on a small built-in corpus.
-* `build_random_model`      - a randomly initialised `Qwen2ForCausalLM` saved with `save_pretrained`, so code
-                              under test loads it exactly like a real checkpoint (`AutoModelForCausalLM`).
-* `load_or_build_tiny_base` - a tiny model *pretrained* (for a few minutes on a CPU, and on purpose only
-                              partly) to propose and solve multiplication problems in the project's prompt
-                              format: a base that self-play can visibly improve on a laptop.
-
-Byte-level BPE means every string (code, unicode, emoji) round-trips through encode/decode, and the Qwen2
-pre-tokenizer splits numbers into single digits, like the real Qwen2.5 tokenizer.
-
-`python tiny.py` builds (or reuses) the tiny base and prints how well it proposes and solves.
-`python tiny.py demo --seed 0 --out runs/tiny-demo-0` runs the CPU demo: held-out accuracy, self-play, accuracy again.
-`python tiny.py styles --out runs/tiny-demo-0` shows how the run's solution style changed (quick vs worked).
-`python tiny.py overlap --out runs/tiny-demo-0` checks that the gain is not just on test questions self-play asked.
+Built once into the sqlm cache ($SQLM_CACHE, else ~/.cache/sqlm), where `--model tiny` finds it (sampler.py).
+Also here: `build_tokenizer`, a byte-level BPE tokenizer with Qwen2.5's special tokens, digit splitting and
+ChatML chat template, which the tests' tiny random models use too (tests/tiny_model.py).
 """
 
+import fcntl
 import json
 import os
 import random
@@ -29,20 +23,12 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationConfig,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-import sqlm  # the project's prompts and chat encoding, so pretraining sees exactly what self-play will
+import evaluate  # the project's prompts, so pretraining sees exactly what self-play will
+import sampler  # the chat encoding and the cache directory
 
-# Paths are resolved relative to this file so the module works from any working directory.
-REPO_ROOT = Path(__file__).resolve().parent
-PROMPTS_DIR = REPO_ROOT / "prompts"
+TOKENIZER_CORPUS = Path(__file__).resolve().parent / "data" / "tiny_tokenizer_corpus"
 
 # ----------------------------------------------------------------------------- tokenizer
 
@@ -55,8 +41,9 @@ SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END]
 QWEN_DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 # The Qwen2 pre-tokenizer regex: words, single digits (\p{N} with no `+`), punctuation runs, whitespace.
-QWEN2_SPLIT_PATTERN = (  # noqa: E501 (one regex, kept on one line to compare with Qwen's)
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+QWEN2_SPLIT_PATTERN = (  # Qwen2's regex, split at its alternatives only to fit the line length
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
 # A few lines of code so that common code fragments (indentation, `def`, brackets) get merges too.
@@ -100,7 +87,9 @@ def _jinja_escape(text: str) -> str:
 
 def builtin_corpus() -> list[str]:
     """Texts the tokenizer is trained on: the task prompts, ChatML scaffolding, arithmetic, code."""
-    texts = [path.read_text() for path in sorted(PROMPTS_DIR.glob("*.txt"))]
+    # The prompt files as they were when the base was designed (data/tiny_tokenizer_corpus/README.md): a prompt
+    # edit must not silently change every token id of the demo model.
+    texts = [path.read_text() for path in sorted(TOKENIZER_CORPUS.glob("*.txt"))]
     texts.append(f"{IM_START}system\n{QWEN_DEFAULT_SYSTEM_PROMPT}{IM_END}\n{IM_START}user\nhi{IM_END}\n")
     # A fixed seed keeps the tokenizer (and so every token id) identical from run to run.
     rng = random.Random(0)
@@ -184,38 +173,24 @@ def qwen2_config(
     )
 
 
-def generation_config(tokenizer: PreTrainedTokenizerFast) -> GenerationConfig:
-    """Stop on either end token (as Qwen2.5-Instruct does), pad with <|endoftext|>, greedy by default."""
+def generation_config(tokenizer: PreTrainedTokenizerFast, max_new_tokens: int | None = None) -> GenerationConfig:
+    """Stop on either end token (as Qwen2.5-Instruct does), pad with <|endoftext|>, greedy by default, and (for a
+    model whose answers are short) the response budget sqlm.py and evaluate.py use by default."""
     im_end = tokenizer.convert_tokens_to_ids(IM_END)
     endoftext = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
-    return GenerationConfig(eos_token_id=[im_end, endoftext], pad_token_id=endoftext, do_sample=False)
+    return GenerationConfig(eos_token_id=[im_end, endoftext], pad_token_id=endoftext, do_sample=False,
+                            max_new_tokens=max_new_tokens)
 
 
-def save_checkpoint(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, out_dir) -> Path:
+def save_model_dir(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, out_dir,
+                   max_new_tokens: int | None = None) -> Path:
     """Write model, tokenizer and generation config the way a hub checkpoint looks on disk."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.generation_config = generation_config(tokenizer)
+    model.generation_config = generation_config(tokenizer, max_new_tokens)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
-
-
-def build_random_model(
-    out_dir,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int = 128,
-    seed: int = 0,
-) -> Path:
-    """Save a randomly initialised tiny Qwen2ForCausalLM (+ tokenizer) to `out_dir`; returns the path."""
-    tokenizer = build_tokenizer()
-    config = qwen2_config(tokenizer, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size)
-    torch.manual_seed(seed)  # same seed -> same weights, so tests are reproducible
-    model = Qwen2ForCausalLM(config)
-    return save_checkpoint(model, tokenizer, out_dir)
 
 
 # ============================================================================= tiny pretrained base
@@ -225,7 +200,8 @@ def build_random_model(
 # both SQLM roles for the multiplication task:
 #
 #   proposer:  user = prompts/multiplication_proposer.txt     assistant = "372 * 8"
-#   solver:    user = prompts/math_solver.txt with {question}  assistant = "<think> ... </think> <answer> 2976 </answer>"
+#   solver:    user = prompts/math_solver.txt with {question}
+#              assistant = "<think> ... </think> <answer> 2976 </answer>"
 #              (the thinking either quick or worked out: see `solver_completion`)
 #
 # Training stops early (1,250 steps), when greedy decoding solves about 60% of unseen problems (65% of the
@@ -301,12 +277,12 @@ def sample_training_problem(rng: random.Random) -> tuple[str, int]:
 
 def proposer_prompt_text() -> str:
     """The user turn that asks for a multiplication question (the project's proposer prompt, verbatim)."""
-    return sqlm.read_prompt("multiplication_proposer")
+    return evaluate.read_prompt("multiplication_proposer")
 
 
 def solver_prompt_text(question: str) -> str:
     """The user turn that asks for a solution (the project's math solver prompt with the question filled in)."""
-    return sqlm.solver_prompt("multiplication", question)
+    return evaluate.solver_prompt("multiplication", question)
 
 
 def solver_completion(question: str, answer: int, worked: bool) -> str:
@@ -344,7 +320,7 @@ def transcript_ids(tokenizer, user_text: str, completion: str) -> tuple[list[int
     """(input_ids, labels) for one ChatML exchange. Labels are -100 (ignored by the loss) on the prompt, and
     the token ids on the assistant's reply and its closing <|im_end|>: the model learns to answer and to stop,
     not to predict the prompt."""
-    prompt = sqlm.chat_prompt_ids(tokenizer, user_text)
+    prompt = sampler.chat_prompt_ids(tokenizer, user_text)
     reply = tokenizer.encode(completion, add_special_tokens=False) + [tokenizer.eos_token_id]
     return prompt + reply, [-100] * len(prompt) + reply
 
@@ -391,14 +367,14 @@ def shared_prefix_forward(model, prefix: list[int], examples: list[tuple[list[in
     batch = {name: tensor.to(model.device) for name, tensor in pad_batch(rests, pad_id).items()}
     batch_size = batch["input_ids"].shape[0]
     prefix_output = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True)
-    cache = prefix_output.past_key_values
+    cache = prefix_output.cache
     cache.batch_repeat_interleave(batch_size)
     # The attention mask covers prefix + rest; with right padding the positions simply continue the prefix's.
     prefix_mask = torch.ones(batch_size, len(prefix), dtype=batch["attention_mask"].dtype, device=model.device)
     logits = model(
         input_ids=batch["input_ids"],
         attention_mask=torch.cat([prefix_mask, batch["attention_mask"]], dim=1),
-        past_key_values=cache,
+        cache=cache,
     ).logits
     return logits, batch["labels"]
 
@@ -487,7 +463,7 @@ def pretrain_tiny_base(
     # Each role's transcripts share a prompt prefix: the solver's instructions before the question, or the
     # whole proposer prompt but its last token (whose logit must predict the proposal's first token).
     solver_prefix = solver_prefix_ids(tokenizer)
-    proposer_prefix = sqlm.chat_prompt_ids(tokenizer, proposer_prompt_text())[:-1]
+    proposer_prefix = sampler.chat_prompt_ids(tokenizer, proposer_prompt_text())[:-1]
     validation = validation_problems()
     started = time.time()
     for step in range(1, max_steps + 1):
@@ -517,251 +493,51 @@ def pretrain_tiny_base(
             accuracy = teacher_forced_exact_match(model, tokenizer, validation)
             elapsed = time.time() - started
             log(f"step {step:5d}  loss {loss.item():.3f}  validation greedy accuracy {accuracy:.3f}  {elapsed:.0f}s")
-    return save_checkpoint(model.cpu(), tokenizer, out_dir)
+    return save_model_dir(model.cpu(), tokenizer, out_dir, MAX_NEW_TOKENS)
 
 
-def default_cache_dir() -> Path:
-    """Where built bases live: $SQLM_CACHE if set, else ~/.cache/sqlm."""
-    return Path(os.environ.get("SQLM_CACHE") or Path.home() / ".cache" / "sqlm")
+MAX_NEW_TOKENS = 80  # the response budget written into generation_config: the longest solution is 66 tokens
+CACHE_NAME = f"tiny-multiplication-base-{TINY_BASE_VERSION}"  # its directory in the sqlm cache
+ALIAS = "tiny"  # `--model tiny` finds the built model through this link in the cache (sampler.model_location)
 
 
-def load_or_build_tiny_base(cache_dir=None) -> Path:
-    """Directory of the tiny pretrained multiplication base, building it (a few minutes on 2 CPU cores) the
-    first time. The directory name carries TINY_BASE_VERSION, so a changed recipe never reuses a stale build."""
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = cache_dir / f"tiny-multiplication-base-{TINY_BASE_VERSION}"
-    if not (path / "config.json").exists():
-        # Build into a temporary sibling and rename at the end, so an interrupted build is never mistaken
-        # for a finished one.
-        partial = cache_dir / f"{path.name}.partial-{os.getpid()}"
-        pretrain_tiny_base(partial)
-        partial.rename(path)
+def write_data_files(path: Path) -> None:
+    """The demo's held-out problems, as JSON lines in the model directory: test.jsonl (for evaluate.py --data)
+    and validation.jsonl (for sqlm.py --validation-data). Rewritten only when missing; the split is fixed."""
+    for name, problems in (("test.jsonl", heldout_problems()), ("validation.jsonl", validation_problems())):
+        if not (path / name).exists():
+            tmp = path / f"{name}.tmp"
+            tmp.write_text("".join(json.dumps({"question": q, "answer": str(a)}) + "\n" for q, a in problems))
+            tmp.replace(path / name)
+
+
+def load_or_build_tiny_base(cache_dir=None, log=print) -> Path:
+    """Directory of the tiny pretrained multiplication base, building it (a few minutes on 2 CPU cores) the first
+    time. The directory name carries TINY_BASE_VERSION, so a changed recipe never reuses a stale build. Two
+    first runs at once do not race: the second waits for the first one's build, then uses it."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else sampler.cache_dir()
+    path = cache_dir / CACHE_NAME
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with (cache_dir / f".{CACHE_NAME}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held until this build (or someone else's) is done
+        if not (path / "config.json").exists():
+            log(f"building the tiny base once into {path} (a few minutes on 2 cores)")
+            # Build into a temporary sibling and rename at the end: an interrupted build is never mistaken for
+            # a finished one.
+            partial = cache_dir / f"{path.name}.partial-{os.getpid()}"
+            pretrain_tiny_base(partial, log=log)
+            partial.rename(path)
+        write_data_files(path)
+        alias = cache_dir / ALIAS
+        if not alias.is_symlink() or os.readlink(alias) != path.name:
+            tmp = cache_dir / f".{ALIAS}.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(path.name)  # relative, so the cache can move
+            tmp.replace(alias)
     return path
 
 
-# ----------------------------------------------------------------------------- measuring the base
-
-
-@torch.no_grad()
-def generate_completions(model, tokenizer, prompts: list[list[int]], temperature: float,
-                         max_new_tokens: int = sqlm.TINY_MAX_NEW_TOKENS,
-                         batch_size: int = 250) -> list[str]:
-    """Decode one completion per prompt with Hugging Face `generate`: greedy when temperature == 0, else plain
-    sampling at that temperature (no top-k / top-p truncation, which HF applies by default: top_k=50)."""
-    completions = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        # Left padding, so every prompt ends right where generation starts.
-        width = max(len(ids) for ids in chunk)
-        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in chunk])
-        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk])
-        if temperature > 0:
-            sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-        else:
-            sampling = {"do_sample": False}
-        output = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **sampling
-        )
-        completions += tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
-    return completions
-
-
-def evaluate_tiny_base(path, n: int = 500, votes: int = 8, seed: int = 0, temperature: float = 1.0) -> dict:
-    """The numbers that matter for self-play, on `n` held-out problems:
-
-    greedy accuracy; accuracy of one sample at `temperature` (1, as in training, unless asked otherwise;
-    averaged over `votes` samples per problem), overall and per solution style;
-    accuracy of the majority vote of `votes` samples (the pseudo-label self-play trains towards), overall and
-    on the questions the proposer is paid for; how often answers are well-formed; and what the model proposes
-    from the proposer prompt."""
-    # Imported here, not at the top: only this measurement needs the project's answer parsing.
-    from rewards import extract_answer, majority_vote
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    torch.manual_seed(seed)  # sampling below is then reproducible
-    problems = heldout_problems(n)
-    prompts = [sqlm.chat_prompt_ids(tokenizer, solver_prompt_text(question)) for question, _ in problems]
-    truths = [str(answer) for _, answer in problems]
-
-    greedy = [extract_answer(text) for text in generate_completions(model, tokenizer, prompts, temperature=0.0)]
-    sampled_texts = generate_completions(model, tokenizer, [p for p in prompts for _ in range(votes)], temperature)
-    sampled = [extract_answer(text) for text in sampled_texts]
-    sampled_worked = [is_worked(text) for text in sampled_texts]
-    groups = [sampled[i * votes : (i + 1) * votes] for i in range(n)]
-    majorities = [majority_vote(group) for group in groups]
-
-    def mean(values) -> float:
-        values = list(values)
-        return sum(values) / len(values) if values else float("nan")
-
-    greedy_correct = [g == t for g, t in zip(greedy, truths)]
-    sample_correct = [s == truths[i // votes] for i, s in enumerate(sampled)]
-    majority_correct = [answer == t for (answer, _), t in zip(majorities, truths)]
-    in_band = [1 < count < votes for _, count in majorities]  # the questions the proposer is paid for
-    results = {
-        "greedy_accuracy": mean(greedy_correct),
-        "greedy_well_formed": mean(g is not None for g in greedy),
-        "sample_accuracy": mean(sample_correct),
-        "sample_well_formed": mean(s is not None for s in sampled),
-        "sample_worked_share": mean(sampled_worked),
-        "sample_accuracy_quick": mean(c for c, w in zip(sample_correct, sampled_worked) if not w),
-        "sample_accuracy_worked": mean(c for c, w in zip(sample_correct, sampled_worked) if w),
-        f"majority_of_{votes}_accuracy": mean(majority_correct),
-        # How often the proposer would be rewarded for these questions (release gate: 1 < count < votes).
-        "proposer_reward_rate": mean(in_band),
-        # Is the pseudo-label right where the proposer is paid? Self-play needs this well above 50%.
-        "in_band_majority_accuracy": mean(c for c, b in zip(majority_correct, in_band) if b),
-        "majority_count_histogram": {k: sum(count == k for _, count in majorities) for k in range(votes + 1)},
-    }
-
-    proposer_prompt = sqlm.chat_prompt_ids(tokenizer, proposer_prompt_text())
-    proposals = generate_completions(model, tokenizer, [proposer_prompt] * n, temperature=1.0)
-    operands = [parse_operands(text) for text in proposals]
-    well_formed = [text.strip() for text, pair in zip(proposals, operands) if pair is not None]
-    in_distribution = [a in MULTIPLICANDS and b in MULTIPLIERS for a, b in filter(None, operands)]
-    results.update(
-        {
-            "proposal_well_formed": mean(pair is not None for pair in operands),
-            "proposal_distinct_fraction": len(set(well_formed)) / max(1, len(well_formed)),
-            "proposal_in_training_distribution": mean(in_distribution),
-            "proposal_examples": proposals[:8],
-        }
-    )
-    return results
-
-
-def read_samples(run_dir) -> list[dict]:
-    """A run's samples.jsonl: one record per logged question (its solver answers, majority and exact truth)."""
-    return [json.loads(line) for line in (Path(run_dir) / "samples.jsonl").read_text().splitlines()]
-
-
-def style_report(run_dir, window: int = 10) -> list[dict]:
-    """What self-play did to the solution style, from a run's samples.jsonl: per `window` steps, the share of
-    solver answers written in the worked style and how often each style's answer was right. Right means equal
-    to the exact `truth` that samples.jsonl logs for auditing; training never sees it."""
-    rows = read_samples(run_dir)
-    report = []
-    for first_step in range(0, max(row["step"] for row in rows) + 1, window):
-        answers = [
-            (is_worked(completion), answer == row["truth"])
-            for row in rows
-            if first_step <= row["step"] < first_step + window
-            for completion, answer in zip(row["completions"], row["answers"])
-        ]
-        worked = [right for is_worked_answer, right in answers if is_worked_answer]
-        quick = [right for is_worked_answer, right in answers if not is_worked_answer]
-        report.append(
-            {
-                "steps": f"{first_step}-{first_step + window - 1}",
-                "answers": len(answers),
-                "worked_share": round(len(worked) / len(answers), 3) if answers else None,
-                "worked_right": round(sum(worked) / len(worked), 3) if worked else None,
-                "quick_right": round(sum(quick) / len(quick), 3) if quick else None,
-            }
-        )
-    return report
-
-
-# ============================================================================= the laptop demo
-#
-# python tiny.py demo --seed 0 --out runs/tiny-demo-0
-#
-# Held-out greedy accuracy of the tiny base, then SQLM self-play through sqlm.py exactly as for a Qwen run
-# (no labels anywhere), then the same held-out accuracy again. Flags after the known ones go to sqlm.py.
-
-# --samples-per-step 0 logs every question to samples.jsonl (not a sample of 16), so `overlap` sees them all.
-DEMO_FLAGS = ["--steps", "30", "--batch-size", "8", "--num-generations", "8", "--lr", "5e-5", "--eval-every", "5",
-              "--samples-per-step", "0", "--device", "cpu"]
-
-
-def heldout_correct(model_path: str) -> list[bool]:
-    """Greedy right/wrong on each of the 500 held-out problems (evaluate.py --tiny), through the project's own
-    sampler."""
-    import evaluate  # only the demo needs it
-
-    model, tokenizer = sqlm.load_model(model_path, torch.device("cpu"))
-    stop_ids = sqlm.stop_token_ids(model, tokenizer)
-    return evaluate.score(model, tokenizer, "multiplication", evaluate.tiny_problems("test"), stop_ids,
-                          sqlm.TINY_MAX_NEW_TOKENS)["is_correct"]
-
-
-def heldout_accuracy(model_path: str) -> float:
-    """Greedy accuracy on the 500 held-out problems."""
-    correct = heldout_correct(model_path)
-    return sum(correct) / len(correct)
-
-
-def heldout_overlap(run_dir) -> dict:
-    """Did self-play simply practise the test questions? The proposer is free to ask anything, including
-    held-out operand pairs (it never sees their answers). This splits the held-out problems into those asked
-    during the run (as "a * b" or "b * a") and those never asked, and scores the base and the run's final
-    checkpoint on each part."""
-    questions = [row["question"] for row in read_samples(run_dir)]
-    asked = {frozenset(pair) for pair in map(parse_operands, questions) if pair}
-    heldout = [frozenset(parse_operands(question)) for question, _ in heldout_problems()]
-    was_asked = [pair in asked for pair in heldout]
-    before, after = heldout_correct("tiny"), heldout_correct(str(Path(run_dir) / "checkpoint"))
-
-    def accuracy(correct: list[bool], keep: bool) -> float | None:
-        kept = [c for c, a in zip(correct, was_asked) if a == keep]
-        return round(sum(kept) / len(kept), 3) if kept else None
-
-    from_test = [parse_operands(q) is not None and problem_bucket(q) == TEST_BUCKET for q in questions]
-    return {
-        "self_play_questions": len(questions),
-        "share_from_test_pairs": round(sum(from_test) / len(questions), 3),
-        "heldout_asked": sum(was_asked),
-        "heldout_never_asked": len(was_asked) - sum(was_asked),
-        "never_asked_before": accuracy(before, False),
-        "never_asked_after": accuracy(after, False),
-        "asked_before": accuracy(before, True),
-        "asked_after": accuracy(after, True),
-    }
-
-
-def demo(seed: int, out: str, extra_flags: list[str]) -> dict:
-    started = time.time()
-    before = heldout_accuracy("tiny")
-    sqlm.main(["--model", "tiny", "--seed", str(seed), "--out", out, *DEMO_FLAGS, *extra_flags])
-    result = dict(seed=seed, out=out, heldout_problems=len(heldout_problems()), accuracy_before=before,
-                  accuracy_after=heldout_accuracy(str(Path(out) / "checkpoint")))
-    if (Path(out) / "checkpoint-best").exists():  # chosen on the validation pairs, never on these
-        result["accuracy_best_by_validation"] = heldout_accuracy(str(Path(out) / "checkpoint-best"))
-    result["seconds"] = round(time.time() - started, 1)
-    return result
-
-
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        description="Build the tiny base and report on it (no command), run the CPU demo (demo), or show what "
-        "self-play did to the solution style of a run (styles --out RUN)."
-    )
-    parser.add_argument("command", nargs="?", choices=["demo", "styles", "overlap"],
-                        help="demo: self-play + before/after accuracy; styles: worked-style share over a run; "
-                        "overlap: held-out accuracy split by whether self-play asked the question")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/tiny-demo", help="the run directory (demo writes it, styles reads it)")
-    parser.add_argument("--votes", type=int, default=8, help="samples per problem for the base's report")
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="sampling temperature: of the report's votes (default 1), or passed on to sqlm.py by demo")
-    args, extra = parser.parse_known_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))  # the demo's budget: 2 CPU cores
-    if args.command == "demo":
-        if args.temperature is not None:  # parsed here because the report uses it too; it belongs to sqlm.py
-            extra += ["--temperature", str(args.temperature)]
-        print(json.dumps(demo(args.seed, args.out, extra)))
-    elif args.command in ("styles", "overlap"):
-        if not (Path(args.out) / "samples.jsonl").exists():
-            raise SystemExit(f"error: no samples.jsonl in {args.out!r}; pass a tiny demo's run directory with --out.")
-        for line in style_report(args.out) if args.command == "styles" else [heldout_overlap(args.out)]:
-            print(json.dumps(line))
-    else:
-        started = time.time()
-        base = load_or_build_tiny_base()
-        print(f"tiny base at {base} ({time.time() - started:.0f}s)")
-        temperature = 1.0 if args.temperature is None else args.temperature
-        for name, value in evaluate_tiny_base(base, votes=args.votes, temperature=temperature).items():
-            print(f"{name:40s} {value}")
+    started = time.time()
+    print(f"{load_or_build_tiny_base()} ({time.time() - started:.0f} s)")

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import sampler
 import sqlm
 from test_train import FAST, fake_proposals, read_jsonl, run
 
@@ -11,7 +12,7 @@ QUESTIONS = ["12 * 34", "5 * 6", "7 * 8", "9 * 10"]
 
 
 def short_run(model_dir, out, monkeypatch, *flags, steps=3):
-    tokenizer = sqlm.load_model(str(model_dir), sqlm.torch.device("cpu"))[1]
+    tokenizer = sampler.load_model(str(model_dir), sqlm.torch.device("cpu"))[1]
     fake_proposals(monkeypatch, tokenizer, QUESTIONS)
     run(["--model", model_dir, "--steps", steps, "--out", out, *FAST, *flags])
     return read_jsonl(out / "metrics.jsonl"), read_jsonl(out / "samples.jsonl")
@@ -31,7 +32,7 @@ def test_proposer_period_changes_only_when_the_proposer_learns(varied_dir, tmp_p
     baseline, _ = short_run(varied_dir, tmp_path / "baseline", monkeypatch, steps=1)
     assert metrics[0]["solver_reward"] == baseline[0]["solver_reward"]
     assert metrics[0]["sampled_tokens"] == baseline[0]["sampled_tokens"]
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["proposer_update_every"] == sqlm.update_period(str(period))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["proposer_update_every"] == sqlm.steps_or_never(str(period))
 
 
 def test_gate_changes_only_the_proposer_reward():
@@ -67,7 +68,7 @@ def test_question_pool_is_generated_once_and_reused(varied_dir, tmp_path, monkey
     assert [s["question"] for s in samples if s["step"] == 1] == [pool["questions"][i % 6] for i in range(4, 8)]
     assert not any(m["proposer_updated"] for m in metrics)  # no proposer in the loop
     # A resumed run reads the same pool instead of asking the proposer again.
-    fake_proposals(monkeypatch, sqlm.load_model(str(varied_dir), sqlm.torch.device("cpu"))[1], ["99 * 99"])
+    fake_proposals(monkeypatch, sampler.load_model(str(varied_dir), sqlm.torch.device("cpu"))[1], ["99 * 99"])
     run(["--model", varied_dir, "--steps", 4, "--out", out, *FAST, "--question-pool", 6, "--resume"])
     last = [s["question"] for s in read_jsonl(out / "samples.jsonl") if s["step"] == 3]
     assert last == [pool["questions"][i % 6] for i in range(12, 16)]

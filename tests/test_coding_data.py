@@ -1,15 +1,9 @@
 """Checks data/coding_eval.jsonl: schema, and a reference solution passes every problem's tests."""
 
 import json
-import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from sandbox import pass_fractions  # noqa: E402
-
-DATA_PATH = os.path.join(ROOT, "data", "coding_eval.jsonl")
+from evaluate import CODING_EVAL_FILE as DATA_PATH
+from sandbox import pass_fractions
 
 # One short reference solution per problem, keyed by line index in the file.
 REFERENCE_SOLUTIONS = {

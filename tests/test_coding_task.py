@@ -5,6 +5,7 @@ import json
 import pytest
 
 import evaluate
+import sampler
 import sqlm
 
 PROPOSAL = """Problem Description:
@@ -39,20 +40,50 @@ def test_score_questions_runs_programs_against_proposer_tests():
     assert scored[1]["proposer_reward"] == 0.0
 
 
-def test_one_coding_step_on_the_tiny_model(tiny_dir, tmp_path):
+def scripted_sampling(monkeypatch, module, tokenizer, proposal: str, answers: list[str]):
+    """Make `module`'s sampling return scripted texts: the proposal for the coding proposer prompt, and the
+    answers in turn for everything else. A random model never writes a parseable problem or a program, and the
+    sandbox path is what these tests are about."""
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    encode = lambda text: tokenizer(text)["input_ids"] + [stop]  # noqa: E731
+    topic = sampler.chat_prompt_ids(tokenizer, evaluate.read_prompt("coding_proposer"))
+
+    def scripted(prompts):
+        if prompts and prompts[0] == topic:
+            return [encode(proposal)] * len(prompts)
+        return [encode(answers[i % len(answers)]) for i in range(len(prompts))]
+
+    if module is sqlm:
+        monkeypatch.setattr(sqlm, "sample_completions", lambda config, model, tok, stop_ids, prompts: scripted(prompts))
+    else:
+        monkeypatch.setattr(module.sampler, "sample_in_chunks", lambda model, prompts, *a, **k: scripted(prompts))
+
+
+def test_one_coding_step_runs_the_programs(tiny_dir, tmp_path, monkeypatch):
+    tokenizer = sampler.load_model(str(tiny_dir), sqlm.torch.device("cpu"))[1]
+    scripted_sampling(monkeypatch, sqlm, tokenizer, PROPOSAL, [RIGHT, HALF_RIGHT])
     out = tmp_path / "run"
     sqlm.main([str(a) for a in ["--task", "coding", "--model", tiny_dir, "--steps", 1, "--out", out, "--device", "cpu",
-                                "--batch-size", "2", "--num-generations", "2", "--max-new-tokens", "8"]])
+                                "--batch-size", "2", "--num-generations", "2", "--samples-per-step", "0",
+                                "--max-prompt-tokens", 4096]])  # the tiny tokenizer spends a token per character
     metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
-    assert metrics["step"] == 0 and "valid_fraction" in metrics
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert metrics["valid_fraction"] == 1.0 and len(samples) == 4
+    for sample in samples:  # the sandbox ran both programs against the proposer's five tests
+        assert sample["num_tests"] == 5 and sample["pass_fractions"] == [1.0, 0.6]
+        assert sample["solver_rewards"] == [1.0, 0.6] and sample["proposer_reward"] == 1.0
+    assert metrics["in_band"] == 1.0 and metrics["solver_episodes_trained"] == 8
     assert (out / "checkpoint" / "model.safetensors").exists()
 
 
-def test_evaluate_coding_on_the_tiny_model(tiny_dir, capsys):
-    evaluate.main(["--task", "coding", "--model", str(tiny_dir), "--limit", "4", "--device", "cpu",
-                   "--max-new-tokens", "8"])
+def test_evaluate_coding_runs_the_programs(tiny_dir, capsys, monkeypatch):
+    tokenizer = sampler.load_model(str(tiny_dir), sqlm.torch.device("cpu"))[1]
+    # Problem 0 of the built-in set sums the even values: one right program, then one that prints 0.
+    right = "```python\nprint(sum(x for x in map(int, input().split()) if x % 2 == 0))\n```"
+    scripted_sampling(monkeypatch, evaluate, tokenizer, "", [right, "```python\nprint(0)\n```"])
+    evaluate.main(["--task", "coding", "--model", str(tiny_dir), "--limit", "2", "--device", "cpu"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["task"] == "coding" and result["n"] == 4 and result["accuracy"] == 0.0
+    assert result["task"] == "coding" and result["n"] == 2 and result["correct"] == 1
 
 
 def test_coding_eval_is_strict_pass_at_1():
@@ -67,5 +98,5 @@ def test_coding_data_file_is_accepted(tmp_path):
     data.write_text(json.dumps({"problem": "p", "tests": [{"input": "1", "output": "1"}]}) + "\n")
     assert evaluate.load_problems("coding", data=str(data))[0]["problem"] == "p"
     data.write_text(json.dumps({"question": "p"}) + "\n")
-    with pytest.raises(SystemExit, match="needs the keys"):
+    with pytest.raises(SystemExit, match="does not fit --task coding"):
         evaluate.load_problems("coding", data=str(data))

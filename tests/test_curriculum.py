@@ -5,7 +5,8 @@ from fractions import Fraction
 import pytest
 
 import curriculum
-from curriculum import (audit_step, distinct_fraction, format_answer, majority_histogram, ngrams, novelty,
+import rewards
+from curriculum import (audit_step, band_shares, distinct_fraction, majority_histogram, ngrams, novelty,
                         question_complexity, safe_eval, step_ngrams)
 
 # ----------------------------------------------------------------------------- safe_eval: exact values
@@ -94,21 +95,11 @@ def test_ast_whitelist_holds_without_the_character_filter():
 # ----------------------------------------------------------------------------- format_answer
 
 
-def test_format_answer():
-    assert format_answer(Fraction(296)) == "296"
-    assert format_answer(Fraction(6, 8)) == "3/4"
-    assert format_answer(Fraction(1, -2)) == "-1/2"
-    assert format_answer(Fraction(-10, 5)) == "-2"
-    assert format_answer(Fraction(0)) == "0"
-    assert format_answer(safe_eval("384/(52x2)+7^3-111")) == "3064/13"
-
-
-def test_format_answer_matches_the_reward_canonicalisation():
-    import rewards
-
-    for value in [Fraction(296), Fraction(3, 4), Fraction(-1, 2), Fraction(0), Fraction(-7)]:
-        assert format_answer(value) == rewards.canonical_number(value)
-        assert rewards.canonical_answer(format_answer(value)) == format_answer(value)
+def test_exact_values_are_canonical_answers():
+    """The lens's exact values are written with the reward's own canonicalisation (one function, rewards.py)."""
+    assert rewards.canonical_number(safe_eval("384/(52x2)+7^3-111")) == "3064/13"
+    assert rewards.canonical_number(safe_eval("3 - 10/2")) == "-2"
+    assert rewards.canonical_answer(rewards.canonical_number(safe_eval("1/3+1/6"))) == "1/2"
 
 
 # ----------------------------------------------------------------------------- question_complexity
@@ -127,30 +118,25 @@ def test_question_complexity():
 # ----------------------------------------------------------------------------- majority_histogram
 
 
-def test_majority_histogram_counts_and_bands():
-    result = majority_histogram([0, 1, 2, 3, 4, 4, 2, 1], n=4)
-    assert {k: result[k] for k in "01234"} == {"0": 1, "1": 2, "2": 2, "3": 1, "4": 2}
-    assert result["too_hard"] == 3 / 8  # k = 0, 1, 1
-    assert result["in_band"] == 3 / 8  # k = 2, 3, 2
-    assert result["too_easy"] == 2 / 8  # k = 4, 4
-
-
-def test_majority_histogram_edges():
-    empty = majority_histogram([], n=4)
-    assert empty["0"] == 0 and empty["too_hard"] == empty["in_band"] == empty["too_easy"] == 0.0
-    single = majority_histogram([1, 0], n=1)  # one answer per question: k = 1 is unanimous
-    assert (single["too_hard"], single["in_band"], single["too_easy"]) == (0.5, 0.0, 0.5)
+def test_majority_histogram_counts():
+    assert majority_histogram([0, 1, 2, 3, 4, 4, 2, 1], n=4) == {"0": 1, "1": 2, "2": 2, "3": 1, "4": 2}
+    assert majority_histogram([], n=2) == {"0": 0, "1": 0, "2": 0}
     with pytest.raises(ValueError):
         majority_histogram([5], n=4)
 
 
-def test_majority_histogram_band_matches_proposer_reward():
-    import rewards
-
-    for answers in (["1", "1", "2", "3"], ["1", "1", "1", "1"], ["1", "2", "3", None], [None] * 4, ["1", "1", "1", "2"]):
-        _, count = rewards.majority_vote(answers)
-        _, proposer_reward = rewards.math_rewards(answers, gate="release")
-        assert majority_histogram([count], n=4)["in_band"] == proposer_reward
+def test_band_shares_follow_the_proposer_reward():
+    assert band_shares([True, False, False, True], [False, True, False, False]) == \
+        dict(too_hard=0.25, in_band=0.5, too_easy=0.25)
+    assert band_shares([], []) == dict(too_hard=0.0, in_band=0.0, too_easy=0.0)
+    # Under each gate the in-band share is exactly the share of questions the proposer was paid for.
+    for gate in ("release", "paper"):
+        groups = (["1", "1", "2", "3"], ["1", "1", "1", "1"], ["1", "2", "3", None], [None] * 4, ["1", "1", "1", "2"])
+        paid = [rewards.math_rewards(answers, gate)[1] > 0 for answers in groups]
+        unanimous = [rewards.majority_vote(answers)[1] == 4 for answers in groups]
+        shares = band_shares(paid, unanimous)
+        assert shares["in_band"] == sum(paid) / 5 and shares["too_easy"] == 1 / 5
+        assert shares["too_hard"] == pytest.approx(1 - sum(paid) / 5 - 1 / 5)
 
 
 # ----------------------------------------------------------------------------- novelty
@@ -186,42 +172,49 @@ def test_distinct_fraction():
 
 
 def test_audit_step():
-    questions = ["563+247-189", "1/3+1/6", "What is 37 * 8?", "abs(-3)", None, "7/0"]
-    majorities = ["621", "1/3", None, "3", "5", None]
+    truths = ["621", "1/2", "296", None, None]  # None: not plain arithmetic, or divides by zero
+    majorities = ["621", "1/3", None, "3", None]
     solver = [
         ["621", "621", "620", None],  # majority right, 2 of 4 answers right
         ["1/3", "1/3", "1/2", "2/6"],  # majority wrong; '2/6' is not canonical, so it does not count
         ["296", "295", "294", "293"],  # no majority: counts as a wrong pseudo-label; 1 answer right
-        ["3", "3", "3", "3"],  # not arithmetic: unparseable, ignored
-        ["5", "5", "5", "5"],  # invalid question: skipped
-        [None, None, None, None],  # divides by zero: unparseable
+        ["3", "3", "3", "3"],  # no exact value: ignored
+        [None, None, None, None],
     ]
-    result = audit_step(questions, majorities, solver)
+    result = audit_step(truths, majorities, solver)
     assert result == dict(n_valid=5, unparseable=2, n_evaluable=3,
                           pseudo_label_accuracy=pytest.approx(1 / 3), solver_accuracy=pytest.approx(4 / 12))
 
 
 def test_audit_step_with_nothing_to_measure():
-    result = audit_step([None, "x+1"], [None, "2"], [[], ["2"]])
+    result = audit_step([None], ["2"], [["2"]])
     assert result == dict(n_valid=1, unparseable=1, n_evaluable=0, pseudo_label_accuracy=None, solver_accuracy=None)
     with pytest.raises(ValueError):
-        audit_step(["1+1"], [], [])
+        audit_step(["2"], [], [])
 
 
 def test_step_report_on_a_hand_built_step():
-    records = [
-        dict(question="2 * 3", majority="6", majority_count=3, answers=["6", "6", "6", "5"]),  # right, in band
-        dict(question="10 * 10", majority="99", majority_count=4, answers=["99"] * 4),  # wrong label, too easy
-        dict(question="hello", majority=None, majority_count=0, answers=[None] * 4),  # unparseable, too hard
+    records = [  # 'truth' is what sqlm.score_questions logs: the exact value of the question, when it has one
+        dict(question="2 * 3", majority="6", majority_count=3, answers=["6", "6", "6", "5"], proposer_reward=1.0,
+             truth="6"),  # right, in band
+        dict(question="10 * 10", majority="99", majority_count=4, answers=["99"] * 4, proposer_reward=0.0,
+             truth="100"),  # wrong label, too easy
+        dict(question="hello", majority=None, majority_count=0, answers=[None] * 4, proposer_reward=0.0,
+             truth=None),  # unparseable, too hard
     ]
     seen = set()
-    report = curriculum.step_report("multiplication", records, 4, seen)
+    stop = [0]
+    proposals, answers = [[5, 0], [6, 7, 0], [8, 9, 9]], [[1, 0]] * 12  # the third proposal was cut off
+    report = curriculum.step_report("multiplication", records, 4, seen, proposals, answers, stop)
     assert report["in_band"] == pytest.approx(1 / 3) and report["too_easy"] == pytest.approx(1 / 3)
     assert report["too_hard"] == pytest.approx(1 / 3)
     assert report["majority_count_0"] == 1 and report["majority_count_3"] == 1 and report["majority_count_4"] == 1
     assert report["pseudo_label_accuracy"] == 0.5  # of the two evaluable questions, one majority is right
     assert report["solver_accuracy"] == 3 / 8
     assert report["unparseable_questions"] == 1
-    assert [r["truth"] for r in records] == ["6", "100", None]
-    assert report["novelty"] == 1.0 and seen  # everything is new on the first step, and remembered
-    assert curriculum.step_report("multiplication", records, 4, seen)["novelty"] == 0.0
+    assert report["majority_agreement"] == pytest.approx((3 / 4 + 1 + 0) / 3)
+    assert report["proposer_length"] == pytest.approx(8 / 3) and report["proposer_truncated"] == pytest.approx(1 / 3)
+    assert report["solver_length"] == 2 and report["solver_truncated"] == 0 and report["sampled_tokens"] == 8 + 24
+    assert report["novelty"] == 1.0 and not seen  # everything is new on the first step; `seen` is not changed
+    seen |= step_ngrams([r["question"] for r in records])
+    assert curriculum.step_report("multiplication", records, 4, seen, proposals, answers, stop)["novelty"] == 0.0

@@ -6,13 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import sampler
 import sqlm
 
 
 def test_group_advantages_hand_computed():
-    rewards_ = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
-    valid = torch.ones_like(rewards_, dtype=torch.bool)
-    advantages = sqlm.group_advantages(rewards_, valid)
+    group_rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    valid = torch.ones_like(group_rewards, dtype=torch.bool)
+    advantages = sqlm.group_advantages(group_rewards, valid)
     # group 1: mean 0.25, unbiased std = sqrt((0.75^2 + 3 * 0.25^2) / 3) = 0.5
     expected = torch.tensor([0.75, -0.25, -0.25, -0.25]) / (0.5 + 1e-6)
     assert torch.allclose(advantages[0], expected)
@@ -20,14 +21,14 @@ def test_group_advantages_hand_computed():
 
 
 def test_group_advantages_ignore_invalid_members():
-    rewards_ = torch.tensor([[1.0, 0.0, 0.0, 5.0]])
+    group_rewards = torch.tensor([[1.0, 0.0, 0.0, 5.0]])
     valid = torch.tensor([[True, True, True, False]])
-    advantages = sqlm.group_advantages(rewards_, valid)
+    advantages = sqlm.group_advantages(group_rewards, valid)
     mean, std = 1 / 3, math.sqrt(((2 / 3) ** 2 + 2 * (1 / 3) ** 2) / 2)
     expected = torch.tensor([(1 - mean) / (std + 1e-6), -mean / (std + 1e-6), -mean / (std + 1e-6), 0.0])
     assert torch.allclose(advantages, expected[None], atol=1e-6)
     # the inputs are not modified in place
-    assert torch.equal(rewards_, torch.tensor([[1.0, 0.0, 0.0, 5.0]]))
+    assert torch.equal(group_rewards, torch.tensor([[1.0, 0.0, 0.0, 5.0]]))
 
 
 def test_grpo_token_loss_hand_computed():
@@ -59,13 +60,13 @@ def test_policy_gradient_sign():
 
 
 def _episodes(tokenizer, completions, advantages=None):
-    prompt = sqlm.chat_prompt_ids(tokenizer, "What is 3 * 4?")
+    prompt = sampler.chat_prompt_ids(tokenizer, "What is 3 * 4?")
     advantages = advantages or [0.0] * len(completions)
     return [sqlm.Episode(prompt, ids, 0.0, adv) for ids, adv in zip(completions, advantages)]
 
 
 def test_completion_logprobs_match_cross_entropy(varied_dir):
-    model, tokenizer = sqlm.load_model(str(varied_dir), torch.device("cpu"))
+    model, tokenizer = sampler.load_model(str(varied_dir), torch.device("cpu"))
     eos = tokenizer.eos_token_id
     completions = [tokenizer("<answer> 12 </answer>")["input_ids"] + [eos], tokenizer("12")["input_ids"] + [eos], [eos]]
     episodes = _episodes(tokenizer, completions)
@@ -92,7 +93,7 @@ def test_micro_batches_respect_token_budget():
 def test_update_is_token_mean_over_the_mini_batch(varied_dir):
     """With beta=0 and ratio 1, the first mini-batch's gradient is -(sum of A_t * grad logp_t) / total tokens,
     however the mini-batch is split into micro-batches."""
-    model, tokenizer = sqlm.load_model(str(varied_dir), torch.device("cpu"))
+    model, tokenizer = sampler.load_model(str(varied_dir), torch.device("cpu"))
     eos = tokenizer.eos_token_id
     completions = [[5, 6, 7, eos], [8, eos], [9, 10, 11, 12, 13, eos]]
     advantages = [1.0, -0.5, 0.25]

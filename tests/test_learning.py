@@ -10,6 +10,7 @@ import random
 
 import torch
 
+import sampler
 import sqlm
 
 
@@ -22,16 +23,16 @@ def test_grpo_raises_a_verifiable_reward(varied_dir):
     random.seed(0)
     torch.manual_seed(0)
     device = torch.device("cpu")
-    policy, tokenizer = sqlm.load_model(str(varied_dir), device)
-    stop_ids = sqlm.stop_token_ids(policy, tokenizer)
+    policy, tokenizer = sampler.load_model(str(varied_dir), device)
+    stop_ids = sampler.stop_token_ids(policy, tokenizer)
     config = sqlm.Config(lr=3e-3, beta=0.0, mini_batch_size=64, device="cpu")
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
-    prompts = [sqlm.chat_prompt_ids(tokenizer, f"Count to {i}.") for i in range(8)]
+    prompts = [sampler.chat_prompt_ids(tokenizer, f"Count to {i}.") for i in range(8)]
     groups, n = len(prompts), 8
     mean_rewards = []
     for _ in range(30):
         policy.eval()
-        completions = sqlm.sample_in_chunks(policy, [p for p in prompts for _ in range(n)], max_new_tokens=8,
+        completions = sampler.sample_in_chunks(policy, [p for p in prompts for _ in range(n)], max_new_tokens=8,
                                             temperature=1.0, stop_ids=stop_ids, pad_id=tokenizer.pad_token_id,
                                             chunk_size=64)
         rewards = torch.tensor([even_token_share(c, stop_ids) for c in completions]).view(groups, n)  # [G, N]

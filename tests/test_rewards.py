@@ -105,7 +105,10 @@ not a test line
 
 
 def test_parse_tests_and_coding_question():
-    assert rewards.parse_tests(CODING_PROPOSAL) == [("1 2 3", "6"), ("5", "5"), ("-1 1", "0"), ("4 4", "8")]
+    # "10 20 |||" is a test whose expected output is empty (a program that prints nothing), as in the release
+    # (ray_trainer.py:124-140 keeps every line holding "|||"): tests/test_release_parity.py.
+    assert rewards.parse_tests(CODING_PROPOSAL) == [("1 2 3", "6"), ("5", "5"), ("-1 1", "0"), ("10 20", ""),
+                                                    ("4 4", "8")]
     assert rewards.parse_question("coding", CODING_PROPOSAL).startswith("Problem Description:\nSum the numbers.")
     assert "Test Cases" not in rewards.parse_question("coding", CODING_PROPOSAL)
     assert rewards.parse_tests("no marker 1 ||| 2") == []
@@ -116,7 +119,8 @@ def test_parse_tests_and_coding_question():
 def test_extract_code():
     text = "Idea.\n```python\nprint(1)\n```\nBetter:\n```python\nprint(sum(map(int, input().split())))\n```\n"
     assert rewards.extract_code(text) == "print(sum(map(int, input().split())))"
-    assert rewards.extract_code("```\nprint(1)\n```") is None  # not marked python
+    # An untagged fence is a program too, as in the release's sandbox (tests/test_release_parity.py).
+    assert rewards.extract_code("```\nprint(1)\n```") == "print(1)"
     assert rewards.extract_code("```python\n\n```") is None
     assert rewards.extract_code("no code") is None
 

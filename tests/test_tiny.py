@@ -1,19 +1,20 @@
-"""The tiny offline checkpoints behave like a real Qwen2.5-Instruct checkpoint where the project relies on it."""
+"""tiny.py and tests/tiny_model.py: the offline checkpoints behave like a real Qwen2.5-Instruct checkpoint where
+the project relies on it, and the CPU demo's base is built, split and cached as it should be."""
 
 import json
+import os
 import random
+import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import tiny  # noqa: E402
-from tiny_model import make_tiny_checkpoint  # noqa: E402
+import evaluate
+import sampler
+import tiny
+from tiny_model import make_tiny_checkpoint
 
 CHATML_HI = (
     "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
@@ -92,8 +93,8 @@ def test_digits_are_one_token_each(tokenizer):
 
 
 def test_random_model_is_deterministic(tmp_path):
-    first = AutoModelForCausalLM.from_pretrained(tiny.build_random_model(tmp_path / "a", seed=3))
-    second = AutoModelForCausalLM.from_pretrained(tiny.build_random_model(tmp_path / "b", seed=3))
+    first = AutoModelForCausalLM.from_pretrained(make_tiny_checkpoint(tmp_path / "a", seed=3))
+    second = AutoModelForCausalLM.from_pretrained(make_tiny_checkpoint(tmp_path / "b", seed=3))
     for p, q in zip(first.parameters(), second.parameters()):
         assert (p == q).all()
 
@@ -145,7 +146,7 @@ def test_every_solution_fits_the_response_budget():
         for a in tiny.MULTIPLICANDS
         for b in tiny.MULTIPLIERS
     )
-    assert longest + 1 <= tiny.sqlm.TINY_MAX_NEW_TOKENS  # + 1 for the closing <|im_end|>
+    assert longest + 1 <= tiny.MAX_NEW_TOKENS  # + 1 for the closing <|im_end|>
 
 
 def test_teacher_forced_match_accepts_either_style():
@@ -176,7 +177,7 @@ def test_transcripts_use_the_project_prompts():
     completion = tiny.solver_completion("37 * 8", 296, worked=False)
     ids, labels = tiny.transcript_ids(tokenizer, tiny.solver_prompt_text("37 * 8"), completion)
     text = tokenizer.decode(ids)
-    solver_prompt = (tiny.PROMPTS_DIR / "math_solver.txt").read_text().strip().replace("{question}", "37 * 8")
+    solver_prompt = evaluate.read_prompt("math_solver").replace("{question}", "37 * 8")
     assert text == f"<|im_start|>user\n{solver_prompt}<|im_end|>\n<|im_start|>assistant\n" + (
         "<think> 37 * 8 = 296 </think> <answer> 296 </answer><|im_end|>"
     )
@@ -187,7 +188,7 @@ def test_transcripts_use_the_project_prompts():
     assert ids[: len(tiny.solver_prefix_ids(tokenizer))] == tiny.solver_prefix_ids(tokenizer)
 
     proposer_ids, proposer_labels = tiny.transcript_ids(tokenizer, tiny.proposer_prompt_text(), "37 * 8")
-    proposer_prompt = (tiny.PROMPTS_DIR / "multiplication_proposer.txt").read_text().strip()
+    proposer_prompt = evaluate.read_prompt("multiplication_proposer")
     expected = f"<|im_start|>user\n{proposer_prompt}<|im_end|>\n<|im_start|>assistant\n37 * 8<|im_end|>"
     assert tokenizer.decode(proposer_ids) == expected
 
@@ -209,12 +210,16 @@ def test_shared_prefix_forward_matches_plain_forward():
     assert torch.allclose(shared_loss / tokens, plain_loss, atol=1e-5)
 
 
+TINY_SIZES = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
+
+
+def small_base(path):
+    """A tiny base after a few pretraining steps only (the real build takes minutes): the pipeline, not the skill."""
+    return tiny.pretrain_tiny_base(path, max_steps=2, eval_every=1, batch_size=8, log=lambda line: None, **TINY_SIZES)
+
+
 def test_tiny_base_builds_saves_and_loads(tmp_path, monkeypatch):
-    """A few training steps only (the real build takes minutes): the pipeline runs and the result loads."""
-    tiny_sizes = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
-    path = tiny.pretrain_tiny_base(
-        tmp_path / "base", max_steps=2, eval_every=1, batch_size=8, log=lambda line: None, **tiny_sizes
-    )
+    path = small_base(tmp_path / "base")
     model = AutoModelForCausalLM.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert model.config.model_type == "qwen2"
@@ -222,13 +227,46 @@ def test_tiny_base_builds_saves_and_loads(tmp_path, monkeypatch):
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert prompt == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"  # the base has no default system turn
     assert model.generation_config.eos_token_id == [tokenizer.eos_token_id, tokenizer.pad_token_id]
+    # The response budget travels with the model: sqlm.py and evaluate.py use it unless told otherwise.
+    assert evaluate.max_new_tokens("multiplication", model) == tiny.MAX_NEW_TOKENS
+    assert evaluate.max_new_tokens("multiplication", model, requested=12) == 12
 
-    # load_or_build reuses a finished build in the cache instead of training again.
+    # load_or_build reuses a finished build in the cache instead of training again, adds its data files, and
+    # links `tiny` to it, so --model tiny loads it.
     monkeypatch.setenv("SQLM_CACHE", str(tmp_path / "cache"))
-    cached = tmp_path / "cache" / f"tiny-multiplication-base-{tiny.TINY_BASE_VERSION}"
+    cached = tmp_path / "cache" / tiny.CACHE_NAME
     cached.parent.mkdir()
     path.rename(cached)
     assert tiny.load_or_build_tiny_base() == cached
+    test = evaluate.load_problems("multiplication", data=str(cached / "test.jsonl"))
+    validation = evaluate.load_problems("multiplication", data=str(cached / "validation.jsonl"))
+    assert [(p["question"], int(p["answer"])) for p in test] == tiny.heldout_problems()
+    assert len(validation) == 256 and not {p["question"] for p in test} & {p["question"] for p in validation}
+    assert sampler.model_location("tiny") == str(tmp_path / "cache" / "tiny")
+    assert sampler.load_model("tiny", torch.device("cpu"))[0].config.hidden_size == TINY_SIZES["hidden_size"]
+
+
+def test_concurrent_first_builds_wait_for_each_other(tmp_path):
+    """Two first runs at once: one builds, the other waits for it and uses its build (no race, no second build)."""
+    script = (
+        "import sys, time, tiny\n"
+        "def build(path, log=print):\n"
+        "    print('FAKE-BUILD', flush=True)\n"
+        "    time.sleep(1.5)\n"
+        "    path.mkdir(parents=True)\n"
+        "    (path / 'config.json').write_text('{}')\n"
+        "tiny.pretrain_tiny_base = build\n"
+        "print(tiny.load_or_build_tiny_base(), flush=True)\n"
+    )
+    env = {**os.environ, "SQLM_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(tiny.Path(tiny.__file__).parent)}
+    runs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    assert all(run.returncode == 0 for run in runs)
+    assert sum(output.count("FAKE-BUILD") for output in outputs) == 1
+    assert all(output.strip().endswith(tiny.CACHE_NAME) for output in outputs)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")) == \
+        sorted([tiny.CACHE_NAME, "tiny"])  # no partial build left behind
 
 
 def test_shared_prefix_forward_scores_the_first_reply_token():
@@ -237,7 +275,7 @@ def test_shared_prefix_forward_scores_the_first_reply_token():
     torch.manual_seed(0)
     model = tiny.Qwen2ForCausalLM(tiny.qwen2_config(tokenizer, 32, 1, 2, 1, 64)).eval()
     examples = [tiny.transcript_ids(tokenizer, tiny.proposer_prompt_text(), "37 * 8")]
-    full_prompt = tiny.sqlm.chat_prompt_ids(tokenizer, tiny.proposer_prompt_text())
+    full_prompt = sampler.chat_prompt_ids(tokenizer, tiny.proposer_prompt_text())
     with pytest.raises(AssertionError):
         tiny.shared_prefix_forward(model, full_prompt, examples, tokenizer.pad_token_id)
     with torch.no_grad():
@@ -246,37 +284,3 @@ def test_shared_prefix_forward_scores_the_first_reply_token():
         plain_loss = model(**tiny.pad_batch(examples, tokenizer.pad_token_id)).loss
     assert tokens == len(tokenizer.encode("37 * 8", add_special_tokens=False)) + 1
     assert torch.allclose(shared_loss / tokens, plain_loss, atol=1e-5)
-
-
-def test_base_report_counts_votes_at_the_asked_temperature(tmp_path):
-    """`python tiny.py --votes N --temperature T`: the report's vote statistics are over N samples per problem."""
-    tiny_sizes = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
-    path = tiny.pretrain_tiny_base(
-        tmp_path / "base", max_steps=1, eval_every=1, batch_size=4, log=lambda line: None, **tiny_sizes
-    )
-    report = tiny.evaluate_tiny_base(path, n=3, votes=2, temperature=0.5)
-    assert "majority_of_2_accuracy" in report
-    assert sum(report["majority_count_histogram"].values()) == 3  # one majority per problem
-    assert set(report["majority_count_histogram"]) == {0, 1, 2}
-    assert 0.0 <= report["greedy_accuracy"] <= 1.0
-
-
-def test_style_report_counts_worked_answers_per_window(tmp_path):
-    """`python tiny.py styles --out RUN`: share of worked answers, and how often each style was right."""
-    quick = tiny.solver_completion("372 * 8", 2976, worked=False)
-    worked = tiny.solver_completion("372 * 8", 2976, worked=True)
-    assert not tiny.is_worked(quick) and tiny.is_worked(worked)
-    rows = [
-        # step 0: one quick answer (wrong), one worked answer (right)
-        {"step": 0, "completions": [quick, worked], "answers": ["2977", "2976"], "truth": "2976"},
-        # step 1: two worked answers, one right
-        {"step": 1, "completions": [worked, worked], "answers": ["2976", "1"], "truth": "2976"},
-        # step 2: a second window, quick only
-        {"step": 2, "completions": [quick], "answers": ["2976"], "truth": "2976"},
-    ]
-    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    report = tiny.style_report(tmp_path, window=2)
-    assert report == [
-        {"steps": "0-1", "answers": 4, "worked_share": 0.75, "worked_right": round(2 / 3, 3), "quick_right": 0.0},
-        {"steps": "2-3", "answers": 1, "worked_share": 0.0, "worked_right": None, "quick_right": 1.0},
-    ]

@@ -5,6 +5,9 @@ import json
 import pytest
 import torch
 
+import evaluate
+import rundir
+import sampler
 import sqlm
 
 FAST = ["--batch-size", "2", "--num-generations", "2", "--max-new-tokens", "8", "--device", "cpu",
@@ -38,24 +41,24 @@ def test_two_steps_write_every_output(tiny_dir, tmp_path, task):
 def fake_proposals(monkeypatch, tokenizer, texts):
     """Make the proposer say `texts` (the solver still samples for real): a random model almost never
     writes a well-formed question, and the solver path is what this tests."""
-    real_sample = sqlm.sample_in_chunks
+    real_sample = sqlm.sample_completions
     stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
-    def sample_in_chunks(model, prompts, *args, **kwargs):
-        if prompts and "Generate a three-digit" in tokenizer.decode(prompts[0]):
+    def sample_completions(config, model, tokenizer_, stop_ids, prompts):
+        if prompts and prompts[0] == sampler.chat_prompt_ids(tokenizer, evaluate.read_prompt("multiplication_proposer")):
             return [tokenizer(texts[i % len(texts)])["input_ids"] + [stop] for i in range(len(prompts))]
-        return real_sample(model, prompts, *args, **kwargs)
+        return real_sample(config, model, tokenizer_, stop_ids, prompts)
 
-    monkeypatch.setattr(sqlm, "sample_in_chunks", sample_in_chunks)
+    monkeypatch.setattr(sqlm, "sample_completions", sample_completions)
 
 
 def test_rollout_scores_and_masks(varied_dir, monkeypatch):
-    model, tokenizer = sqlm.load_model(str(varied_dir), torch.device("cpu"))
+    model, tokenizer = sampler.load_model(str(varied_dir), torch.device("cpu"))
     # The fourth proposal is whitespace: an invalid question, never solved, masked from the proposer loss.
     fake_proposals(monkeypatch, tokenizer, ["12 * 34", "5 * 6", "7 * 8", "   "])
     config = sqlm.Config(batch_size=2, num_generations=2, max_new_tokens=6, device="cpu")
-    proposer, solver, records, stats = sqlm.rollout(config, model, tokenizer, sqlm.stop_token_ids(model, tokenizer), set())
-    assert len(proposer) == 4 and [e.trained for e in proposer] == [True, True, True, False]
+    proposer, solver, records, stats = sqlm.rollout(config, model, tokenizer, sampler.stop_token_ids(model, tokenizer), set())
+    assert len(proposer) == 4 and [e.in_loss for e in proposer] == [True, True, True, False]
     assert len(records) == 3 and len(solver) == 3 * 2
     assert stats["valid_fraction"] == 0.75
     assert [r["question"] for r in records] == ["12 * 34", "5 * 6", "7 * 8"]
@@ -66,7 +69,7 @@ def test_rollout_scores_and_masks(varied_dir, monkeypatch):
 
 
 def test_resume_continues_exactly(varied_dir, tmp_path, monkeypatch):
-    tokenizer = sqlm.load_model(str(varied_dir), torch.device("cpu"))[1]
+    tokenizer = sampler.load_model(str(varied_dir), torch.device("cpu"))[1]
     fake_proposals(monkeypatch, tokenizer, ["12 * 34", "5 * 6"])
     args = ["--model", varied_dir, "--steps", 3, *FAST, "--proposer-update-every", 1, "--lr", "1e-3",
             "--save-every", 1]
@@ -81,7 +84,7 @@ def test_resume_continues_exactly(varied_dir, tmp_path, monkeypatch):
     assert [{k: v for k, v in m.items() if k not in timing} for m in straight] == \
            [{k: v for k, v in m.items() if k not in timing} for m in resumed]
     assert straight[-1]["optimizer_steps"] > 0
-    weights = [sqlm.load_model(str(tmp_path / name / "checkpoint"), torch.device("cpu"))[0] for name in ("straight", "resumed")]
+    weights = [sampler.load_model(str(tmp_path / name / "checkpoint"), torch.device("cpu"))[0] for name in ("straight", "resumed")]
     for a, b in zip(*(w.parameters() for w in weights)):
         assert torch.equal(a, b)
 
@@ -102,22 +105,11 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tiny_dir, tmp_path):
     run(["--model", tiny_dir, "--steps", 1, "--out", out, *FAST])
     # A crash between the two renames of save_checkpoint leaves only checkpoint.old: resume still works.
     (out / "checkpoint").rename(out / "checkpoint.old")
-    assert sqlm.find_checkpoint(out) == out / "checkpoint.old"
+    assert rundir.find_checkpoint(out) == out / "checkpoint.old"
     run(["--model", tiny_dir, "--steps", 2, "--out", out, *FAST, "--resume"])
     assert (out / "checkpoint" / "trainer_state.pt").exists() and not (out / "checkpoint.old").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--task", "poetry"], "unknown --task 'poetry'"),
-    (["--model", "/nonexistent/model/dir"], "could not load model"),
-    (["--num-generations", "1"], "at least 2"),
-    (["--gate", "maybe"], "--gate must be"),
-])
-def test_bad_input_is_one_clear_sentence(tiny_dir, tmp_path, args, message):
-    base = ["--model", tiny_dir, "--steps", 1, "--out", tmp_path / "run", *FAST]
-    with pytest.raises(SystemExit) as error:
-        run(base + args)
-    assert message in str(error.value) and "\n" not in str(error.value)
 
 
 def test_unwritable_out_and_existing_run(tiny_dir, tmp_path):
@@ -131,16 +123,16 @@ def test_unwritable_out_and_existing_run(tiny_dir, tmp_path):
     with pytest.raises(SystemExit, match="already holds a run"):
         run(["--model", tiny_dir, "--steps", 1, "--out", out, *FAST])
     assert (out / "metrics.jsonl").read_text() == before  # nothing lost
-    with pytest.raises(SystemExit, match="no checkpoint"):
+    with pytest.raises(SystemExit, match="found no run"):
         run(["--model", tiny_dir, "--steps", 1, "--out", tmp_path / "empty", *FAST, "--resume"])
 
 
 def test_nonfinite_loss_is_skipped_and_counted(varied_dir, monkeypatch):
-    model, tokenizer = sqlm.load_model(str(varied_dir), torch.device("cpu"))
+    model, tokenizer = sampler.load_model(str(varied_dir), torch.device("cpu"))
     before = [p.detach().clone() for p in model.parameters()]
     real_loss = sqlm.grpo_token_loss
     monkeypatch.setattr(sqlm, "grpo_token_loss", lambda *a: (real_loss(*a)[0] * float("nan"), real_loss(*a)[1]))
-    episode = sqlm.Episode(sqlm.chat_prompt_ids(tokenizer, "1 * 2"), [5, 6, tokenizer.eos_token_id], 1.0, 1.0)
+    episode = sqlm.Episode(sampler.chat_prompt_ids(tokenizer, "1 * 2"), [5, 6, tokenizer.eos_token_id], 1.0, 1.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     update = sqlm.update_policy(sqlm.Config(beta=0.0), model, None, optimizer, [episode], torch.device("cpu"))
     assert update["skipped_nonfinite"] == 1 and update["optimizer_steps"] == 0
@@ -148,7 +140,7 @@ def test_nonfinite_loss_is_skipped_and_counted(varied_dir, monkeypatch):
 
 
 def test_validation_best_checkpoint_and_curriculum_metrics(varied_dir, tmp_path, monkeypatch):
-    tokenizer = sqlm.load_model(str(varied_dir), torch.device("cpu"))[1]
+    tokenizer = sampler.load_model(str(varied_dir), torch.device("cpu"))[1]
     fake_proposals(monkeypatch, tokenizer, ["12 * 34", "5*6+1"])
     out = tmp_path / "run"
     run(["--model", varied_dir, "--steps", 2, "--out", out, *FAST, "--eval-every", 1, "--eval-limit", 4])

@@ -1,0 +1,68 @@
+"""demo.py: the CPU demo end to end on a small stand-in base, and its reports (base, styles)."""
+
+import json
+
+import pytest
+
+import demo
+import tiny
+
+TINY_SIZES = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
+
+
+@pytest.fixture()
+def small_cache(tmp_path_factory, monkeypatch):
+    """A sqlm cache holding a stand-in for the tiny base: the real recipe, 2 pretraining steps, tiny sizes, and
+    short held-out files (16 test, 8 validation problems), so that scoring it takes seconds."""
+    cache = tmp_path_factory.getbasetemp() / "demo_cache"
+    base = cache / tiny.CACHE_NAME
+    if not base.exists():
+        tiny.pretrain_tiny_base(base, max_steps=2, eval_every=1, batch_size=8, log=lambda line: None, **TINY_SIZES)
+        for name, problems in (("test.jsonl", tiny.heldout_problems()[:16]), ("validation.jsonl",
+                                                                            tiny.validation_problems()[:8])):
+            (base / name).write_text("".join(json.dumps({"question": q, "answer": str(a)}) + "\n" for q, a in problems))
+    monkeypatch.setenv("SQLM_CACHE", str(cache))
+    return cache
+
+
+def test_demo_runs_end_to_end_and_writes_its_result(small_cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    demo.main(["--seed", "0", "--out", str(out), "--steps", "1", "--batch-size", "1", "--num-generations", "2",
+               "--eval-every", "1", "--eval-limit", "4", "--max-new-tokens", "8"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed == json.loads((out / "result.json").read_text())
+    assert printed["heldout_problems"] == 16 and printed["seed"] == 0
+    for key in ("accuracy_before", "accuracy_after", "accuracy_best_by_validation"):
+        assert 0.0 <= printed[key] <= 1.0
+    config = json.loads((out / "config.json").read_text())
+    assert config["validation_data"].endswith("validation.jsonl") and config["steps"] == 1  # extra flags win
+    with pytest.raises(SystemExit, match="already holds a run"):  # refused before the minute of measuring
+        demo.main(["--out", str(out)])
+
+
+def test_base_report_counts_votes_at_the_asked_temperature(small_cache):
+    report = demo.base_report(votes=2, temperature=0.5)
+    assert "majority_of_2_accuracy" in report
+    for key in ("greedy_accuracy", "sample_accuracy", "proposer_paid_share", "proposal_well_formed"):
+        assert 0.0 <= report[key] <= 1.0, key
+    assert len(report["proposal_examples"]) == 8
+
+
+def test_style_report_counts_worked_answers_per_window(tmp_path):
+    """`python demo.py styles --out RUN`: share of worked answers, and how often each style was right."""
+    quick = tiny.solver_completion("372 * 8", 2976, worked=False)
+    worked = tiny.solver_completion("372 * 8", 2976, worked=True)
+    assert not tiny.is_worked(quick) and tiny.is_worked(worked)
+    rows = [
+        # step 0: one quick answer (wrong), one worked answer (right)
+        {"step": 0, "completions": [quick, worked], "answers": ["2977", "2976"], "truth": "2976"},
+        # step 1: two worked answers, one right
+        {"step": 1, "completions": [worked, worked], "answers": ["2976", "1"], "truth": "2976"},
+        # step 2: a second window, quick only
+        {"step": 2, "completions": [quick], "answers": ["2976"], "truth": "2976"},
+    ]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert demo.style_report(tmp_path, window=2) == [
+        {"steps": "0-1", "answers": 4, "worked_share": 0.75, "worked_right": round(2 / 3, 3), "quick_right": 0.0},
+        {"steps": "2-3", "answers": 1, "worked_share": 0.0, "worked_right": None, "quick_right": 1.0},
+    ]

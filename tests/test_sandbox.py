@@ -1,25 +1,89 @@
-"""Tests for sandbox.py: normal runs, output matching, and hostile programs."""
+"""Tests for sandbox.py: normal runs, output matching, and hostile programs.
 
+Hostile cases that only kernel namespaces can contain (reading the trainer's environment, killing
+it, escaping the process group, the network, writes outside the working dir) are skipped where
+sandbox.isolation() reports the limits-only fallback; everything else runs in both modes.
+"""
+
+import json
 import os
+import random
+import shutil
+import socket
+import subprocess
 import sys
 import time
+import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 import sandbox  # noqa: E402
 from sandbox import pass_fraction, pass_fractions, run_program  # noqa: E402
 
 ADD_TWO = "a, b = map(int, input().split())\nprint(a + b)\n"
 
+# A stand-in for the trainer: a separate process that runs one program and prints the result as
+# JSON, so that a program killing "its trainer" or a SIGKILL we send cannot take pytest down.
+TRAINER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import sandbox
+result = sandbox.run_program(sys.argv[2], timeout=float(sys.argv[3]))
+print(json.dumps({"isolation": sandbox.isolation(), **result.__dict__}))
+"""
+
+
+@pytest.fixture(params=["default", "limits only"])
+def both_modes(request, monkeypatch):
+    """Run a test once as this machine allows and once with the limits-only fallback forced."""
+    if request.param == "limits only":
+        monkeypatch.setenv(sandbox.LIMITS_ONLY_ENV, "1")
+        monkeypatch.setattr(sandbox, "_isolation_mode", None)   # re-probe; restored afterwards
+        monkeypatch.setattr(sandbox, "_warn_limits_only", lambda mode: None)
+    return request.param
+
+
+@pytest.fixture
+def namespaces():
+    """Skip where only the limits-only fallback is available: these cases need the kernel."""
+    if sandbox.isolation() != sandbox.NAMESPACES:
+        pytest.skip(sandbox.isolation())
+
+
+def _unique_sleep() -> str:
+    """A `sleep` argument no other process uses, so we can find a program's children on the host."""
+    return f"{30 + random.random():.9f}"
+
+
+def _pids_running(argument: str) -> list[int]:
+    """Host pids whose command line contains `argument` (zombies have an empty command line)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if argument.encode() in f.read().split(b"\0"):
+                    pids.append(int(entry))
+        except (OSError, ValueError):
+            pass                                 # not a pid, or it just exited
+    return pids
+
+
+def _none_running(argument: str, wait_seconds: float = 2.0) -> bool:
+    deadline = time.monotonic() + wait_seconds
+    while _pids_running(argument):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
 
 def _is_gone(pid: int, wait_seconds: float = 2.0) -> bool:
     """True once `pid` no longer runs. A zombie (State Z, waiting for init to reap it) counts as gone."""
     deadline = time.monotonic() + wait_seconds
     while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
         try:
             with open(f"/proc/{pid}/status") as f:
                 if any(line.startswith("State:") and "Z" in line.split()[1] for line in f):
@@ -31,9 +95,54 @@ def _is_gone(pid: int, wait_seconds: float = 2.0) -> bool:
         time.sleep(0.05)
 
 
+def _descendants(pid: int) -> set[int]:
+    """All processes below `pid` on the host, found through the parent pid in /proc/<pid>/stat."""
+    parent_of = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent_of[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parent_of.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _environ_of(pid: int, wait_seconds: float = 2.0) -> str:
+    """/proc/<pid>/environ; it reads empty for a moment while the process is still in exec()."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        with open(f"/proc/{pid}/environ") as f:
+            environ = f.read()
+        if environ or time.monotonic() > deadline:
+            return environ
+        time.sleep(0.01)
+
+
+def _start_trainer(code: str, timeout: float = sandbox.DEFAULT_TIMEOUT, env: dict | None = None,
+                   prefix: tuple = (sys.executable,)) -> subprocess.Popen:
+    return subprocess.Popen([*prefix, "-c", TRAINER, REPO, code, str(timeout)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+
+
+def _finish_trainer(trainer: subprocess.Popen) -> dict:
+    out, err = trainer.communicate(timeout=30)
+    assert trainer.returncode == 0, f"the trainer died (status {trainer.returncode}): {err}"
+    return json.loads(out)
+
+
 # ---- normal behaviour -------------------------------------------------------
 
-def test_reads_stdin_and_prints():
+def test_isolation_reports_its_mode():
+    mode = sandbox.isolation()
+    assert mode == sandbox.NAMESPACES or mode.startswith("limits only: ")
+    assert sandbox.isolation() is mode                       # probed once, then cached
+
+
+def test_reads_stdin_and_prints(both_modes):
     result = run_program(ADD_TWO, stdin="2 3\n")
     assert result.stdout == "5\n"
     assert result.returncode == 0
@@ -62,17 +171,25 @@ def test_empty_tests_score_zero():
     assert pass_fraction(ADD_TWO, []) == 0.0
 
 
-def test_broken_programs_score_zero_without_raising():
+def test_broken_programs_score_zero_without_raising(both_modes):
     tests = [("2 3", "5")]
     assert pass_fraction("def broken(:\n", tests) == 0.0                         # syntax error
     assert pass_fraction("raise ValueError('boom')", tests) == 0.0               # uncaught exception
     assert pass_fraction("import sys\nsys.exit(3)", tests) == 0.0                # non-zero exit
     assert pass_fraction("print(5)\nimport sys\nsys.exit(3)", tests) == 0.0      # right output, bad exit
-    assert pass_fraction("import os\nos.kill(os.getpid(), 9)", tests) == 0.0     # crash by signal
+    assert pass_fraction("import os\nos.kill(os.getpid(), 9)", tests) == 0.0     # kills itself
     assert pass_fraction("print(5)\nimport sys\nsys.exit(0)", tests) == 1.0      # clean exit is fine
 
 
-# ---- hostile programs ------------------------------------------------------
+def test_tracebacks_look_like_a_plain_run(both_modes):
+    result = run_program("def f():\n    return 1 / 0\nf()\n")
+    assert result.returncode == 1
+    assert result.stderr.startswith("Traceback (most recent call last):\n  File \"")
+    assert "program.py\", line 3, in <module>" in result.stderr
+    assert "runpy" not in result.stderr and "<string>" not in result.stderr
+
+
+# ---- hostile programs: both modes --------------------------------------------
 
 def test_infinite_loop_times_out():
     start = time.monotonic()
@@ -94,28 +211,27 @@ def test_memory_hog_fails_quickly():
     assert "allocated" not in big_alloc.stdout
 
 
-def test_child_process_that_outlives_parent_is_killed():
-    code = "import subprocess\np = subprocess.Popen(['sleep', '30'])\nprint(p.pid)\n"
-    result = run_program(code)
-    assert result.returncode == 0
-    assert _is_gone(int(result.stdout))
+def test_child_process_that_outlives_parent_is_killed(both_modes):
+    token = _unique_sleep()
+    result = run_program(f"import subprocess\nsubprocess.Popen(['sleep', '{token}'])\nprint('started')\n")
+    assert result.stdout == "started\n"
+    assert _none_running(token)
 
 
-def test_double_fork_daemon_is_killed():
+def test_double_fork_daemon_is_killed(both_modes):
+    token = _unique_sleep()
     code = (
-        "import os, time\n"
+        "import os\n"
         "if os.fork() == 0:\n"              # child
-        "    daemon = os.fork()\n"
-        "    if daemon == 0:\n"              # grandchild: the 'daemon', stays in the group
-        "        time.sleep(30)\n"
-        "        os._exit(0)\n"
-        "    print(daemon, flush=True)\n"
-        "    os._exit(0)\n"                  # child exits, daemon is reparented to init
+        "    if os.fork() == 0:\n"          # grandchild: the 'daemon', stays in the group
+        f"        os.execvp('sleep', ['sleep', '{token}'])\n"
+        "    os._exit(0)\n"                  # child exits, daemon is reparented
         "os.wait()\n"
+        "print('started')\n"
     )
     result = run_program(code)
     assert result.returncode == 0
-    assert _is_gone(int(result.stdout))
+    assert _none_running(token)
 
 
 def test_huge_output_is_capped():
@@ -129,21 +245,250 @@ def test_huge_output_is_capped():
     assert pass_fraction("while True: print('x' * 1000)", [("", "x")]) == 0.0
 
 
-def test_files_are_written_only_in_a_temp_dir(tmp_path, monkeypatch):
+def test_files_are_written_only_in_a_temp_dir(both_modes, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = "import os\nopen('out.txt', 'w').write('hi')\nprint(os.getcwd())\n"
     result = run_program(code)
     assert result.returncode == 0
     run_dir = result.stdout.strip()
     assert run_dir != str(tmp_path)
-    assert not os.path.exists(run_dir)            # removed after the run
+    assert not os.path.exists(run_dir)            # removed after the run (or never on our disk)
     assert not (tmp_path / "out.txt").exists()
 
 
-def test_environment_secrets_are_not_inherited(monkeypatch):
+def test_environment_secrets_are_not_inherited(both_modes, monkeypatch):
     monkeypatch.setenv("SQLM_SECRET", "x")
     result = run_program("import os\nprint(os.environ.get('SQLM_SECRET'))")
     assert result.stdout.strip() == "None"
+
+
+def test_limits_only_fallback_warns_once_and_still_runs(monkeypatch, capsys):
+    monkeypatch.setenv(sandbox.LIMITS_ONLY_ENV, "1")
+    monkeypatch.setattr(sandbox, "_isolation_mode", None)      # restored after the test
+    assert sandbox.isolation() == f"limits only: forced by ${sandbox.LIMITS_ONLY_ENV}"
+    assert run_program(ADD_TWO, stdin="2 3\n").stdout == "5\n"
+    assert capsys.readouterr().err.count("WARNING sandbox.py: limits only") == 1
+
+
+@pytest.mark.parametrize("unshare, reason", [(None, "util-linux `unshare` not found"),
+                                              ("/bin/false", "namespaces unavailable")])
+def test_falls_back_when_namespaces_do_not_work(monkeypatch, capsys, unshare, reason):
+    monkeypatch.delenv(sandbox.LIMITS_ONLY_ENV, raising=False)
+    monkeypatch.setattr(sandbox, "_UNSHARE", unshare)
+    monkeypatch.setattr(sandbox, "_isolation_mode", None)
+    assert sandbox.isolation().startswith(f"limits only: {reason}")
+    assert pass_fraction(ADD_TWO, [("2 3", "5")]) == 1.0
+    assert capsys.readouterr().err.count("WARNING sandbox.py: limits only") == 1
+
+
+# ---- hostile programs: namespaces only ---------------------------------------
+
+def test_cannot_read_the_trainers_environment(namespaces):
+    secret = f"sqlm-secret-{uuid.uuid4().hex}"
+    code = ("import os\n"
+            "for pid in [os.getppid(), *os.listdir('/proc')]:\n"
+            "    try:\n"
+            "        print(open(f'/proc/{pid}/environ').read())\n"
+            "    except OSError as error:\n"
+            "        print(error)\n")
+    trainer = _start_trainer(code, env={"SQLM_SECRET": secret})
+    assert secret in _environ_of(trainer.pid)          # it is there to be stolen
+    result = _finish_trainer(trainer)
+    assert result["returncode"] == 0
+    assert secret not in result["stdout"]
+
+
+def test_cannot_kill_the_trainer(namespaces):
+    code = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('after kill')\n"
+    result = _finish_trainer(_start_trainer(code))       # asserts the trainer survived
+    assert result["returncode"] == 0
+
+
+def test_leaving_the_process_group_does_not_outlive_the_run(namespaces):
+    marker = f"/tmp/sqlm_escape_{uuid.uuid4().hex}"      # the host's /tmp: writable for us
+    token = _unique_sleep()
+    code = (
+        "import os, time\n"
+        "for leave in (os.setsid, lambda: os.setpgid(0, 0)):\n"
+        "    if os.fork() == 0:\n"
+        "        leave()\n"
+        "        time.sleep(0.3)\n"                  # the run is over by now
+        f"        open('{marker}', 'a').write('escaped')\n"
+        f"        os.execvp('sleep', ['sleep', '{token}'])\n"
+        "print('parent done')\n"
+    )
+    try:
+        result = run_program(code)
+        assert result.stdout == "parent done\n"
+        time.sleep(0.6)
+        assert not os.path.exists(marker)
+        assert _none_running(token)
+    finally:
+        if os.path.exists(marker):
+            os.remove(marker)
+
+
+def test_busy_children_die_with_the_run(namespaces):
+    token = _unique_sleep()
+    code = (
+        "import os, sys, time\n"
+        "while True:\n"                              # keep forking busy children that leave the group
+        "    if os.fork() == 0:\n"
+        "        os.setsid()\n"
+        f"        os.execv(sys.executable, [sys.executable, '-c', 'while True: pass', '{token}'])\n"
+        "    time.sleep(0.1)\n"
+    )
+    result = run_program(code, timeout=1.0)
+    assert result.timed_out is True
+    assert _none_running(token)
+
+
+def test_fork_bomb_stays_small(namespaces):
+    code = ("import os, time\n"
+            "print(open('/proc/sys/kernel/pid_max').read().strip())\n"
+            "for forked in range(400):\n"
+            "    try:\n"
+            "        if os.fork() == 0:\n"
+            "            time.sleep(5)\n"
+            "            os._exit(0)\n"
+            "    except OSError:\n"
+            "        break\n"
+            "print(forked)\n")
+    result = run_program(code, timeout=5.0)
+    pid_max, forked = map(int, result.stdout.split())
+    if pid_max != 301:
+        pytest.skip("pid_max is per PID namespace only from Linux 6.14: no process limit here")
+    assert forked < 301
+
+
+def test_total_bytes_written_are_capped(namespaces):
+    code = (
+        "import os\n"
+        "for i in range(50):\n"
+        "    for folder in ('.', '/tmp', '/dev/shm'):\n"
+        "        try:\n"
+        "            with open(f'{folder}/file{i}.bin', 'wb') as f:\n"
+        "                f.write(b'x' * 1024**2)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "print(sum(entry.stat().st_size for folder in ('.', '/tmp', '/dev/shm')\n"
+        "          for entry in os.scandir(folder) if entry.name.startswith('file')))\n"
+    )
+    result = run_program(code)
+    assert result.returncode == 0
+    written = int(result.stdout)
+    assert 1024**2 <= written <= sandbox.WRITE_LIMIT_BYTES   # some room, but not 150 MiB
+
+
+def test_writes_outside_the_working_directory_do_not_land(namespaces, tmp_path):
+    name = f"sqlm_escape_{uuid.uuid4().hex}"
+    targets = [f"/tmp/{name}", f"/var/tmp/{name}", str(tmp_path / name), os.path.expanduser(f"~/{name}")]
+    code = (f"for path in {targets!r}:\n"
+            "    try:\n"
+            "        open(path, 'w').write('escaped')\n"
+            "    except OSError as error:\n"
+            "        print(error)\n")
+    try:
+        assert run_program(code).returncode == 0
+        assert [path for path in targets if os.path.exists(path)] == []
+    finally:
+        for path in targets:
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def test_only_its_tmp_is_writable_and_dev_is_minimal(namespaces):
+    code = ("import os\n"
+            "print(sorted(os.listdir('/dev')), os.listdir('/run'))\n"   # /run: the host's sockets
+            "for line in open('/proc/self/mountinfo'):\n"
+            "    print(*line.split()[4:6])\n")
+    result = run_program(code)
+    first, *mounts = result.stdout.splitlines()
+    assert first == str(sorted(["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout",
+                                "urandom", "zero"])) + " []"
+    devices = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}
+    for mount_point, options in (line.split() for line in mounts):
+        flags = options.split(",")
+        assert "ro" in flags or mount_point in ("/tmp", "/dev/shm"), (mount_point, options)
+        assert "nodev" in flags or mount_point in devices, (mount_point, options)
+
+
+def test_no_network(namespaces):
+    abstract_name = f"\0sqlm_{uuid.uuid4().hex}"          # abstract unix sockets are per network namespace
+    with socket.create_server(("127.0.0.1", 0)) as tcp, socket.socket(socket.AF_UNIX) as unix:
+        unix.bind(abstract_name)
+        unix.listen()
+        code = (
+            "import socket\n"
+            f"for family, address in [(socket.AF_INET, ('127.0.0.1', {tcp.getsockname()[1]})),\n"
+            f"                        (socket.AF_UNIX, {abstract_name!r})]:\n"
+            "    try:\n"
+            "        with socket.socket(family) as s:\n"
+            "            s.settimeout(1)\n"
+            "            s.connect(address)\n"
+            "            print('connected')\n"
+            "    except OSError as error:\n"
+            "        print('blocked:', error)\n"
+        )
+        result = run_program(code)
+        assert result.returncode == 0
+        assert result.stdout.count("blocked:") == 2, result.stdout
+        for server in (tcp, unix):
+            server.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                server.accept()                               # nobody knocked
+
+
+def test_sigkilled_trainer_leaves_no_process_or_temp_dir(namespaces, tmp_path):
+    token = _unique_sleep()
+    code = (
+        "import os, subprocess, time\n"
+        f"subprocess.Popen(['sleep', '{token}'])\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        f"    os.execvp('sleep', ['sleep', '{token}'])\n"
+        "time.sleep(30)\n"
+    )
+    trainer_tmp = tmp_path / "trainer_tmp"                   # where the trainer's temp files go
+    trainer_tmp.mkdir()
+    trainer = _start_trainer(code, timeout=60, env={"TMPDIR": str(trainer_tmp)})
+    try:
+        deadline = time.monotonic() + 10
+        while len(_pids_running(token)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tree = _descendants(trainer.pid)                     # unshare, the program, its children
+        assert len(_pids_running(token)) == 2 and len(tree) >= 4
+    finally:
+        trainer.kill()
+        trainer.communicate()
+    assert [pid for pid in tree if not _is_gone(pid)] == []
+    assert _none_running(token)
+    assert list(trainer_tmp.iterdir()) == []
+
+
+def test_unprivileged_trainer_gets_the_same_isolation(namespaces, monkeypatch):
+    """As `nobody`: isolation works without root, and the program still can't write outside."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and util-linux setpriv to become nobody")
+    # setpriv itself still execs with root's rights; `sh -c 'exec "$@"'` makes the exec of the
+    # interpreter an unprivileged one (a Python under /root is then out of reach, as it should be).
+    as_nobody = (setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c", 'exec "$@"', "sh")
+    python = next((p for p in (sys.executable, "/usr/bin/python3") if subprocess.run(
+        [*as_nobody, p, "-c", f"import sys; sys.path.insert(0, {REPO!r}); import sandbox"],
+        capture_output=True).returncode == 0), None)
+    if python is None:
+        pytest.skip("no Python interpreter that nobody can run sandbox.py with")
+    monkeypatch.chdir("/")
+    target = f"/var/tmp/sqlm_escape_{uuid.uuid4().hex}"     # writable for nobody on the host
+    try:
+        result = _finish_trainer(_start_trainer(f"open('{target}', 'w')\n", prefix=(*as_nobody, python)))
+        assert result["isolation"] == sandbox.NAMESPACES
+        assert "Read-only file system" in result["stderr"]
+        assert not os.path.exists(target)
+    finally:
+        if os.path.exists(target):
+            os.remove(target)
 
 
 # ---- batches ---------------------------------------------------------------

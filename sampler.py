@@ -47,9 +47,16 @@ def load_model(name_or_path: str, device: torch.device, dtype: torch.dtype = tor
             f"error: could not load model {name_or_path!r} ({reason}); pass --model a local checkpoint "
             "directory, or a hub name on a machine that can reach the hub."
         ) from None
-    if getattr(model.config, "use_sliding_window", False):
-        raise SystemExit("error: models with sliding-window attention are not supported by the sampler.")
-    return model.to(device), tokenizer
+    if not tokenizer.chat_template:
+        raise SystemExit(f"error: model {name_or_path!r} has no chat template; SQLM prompts both roles through one, "
+                         "so use a chat (Instruct) model.")
+    model = model.to(device)
+    problem = sampler_mismatch(model, tokenizer)
+    if problem:
+        raise SystemExit(f"error: model {name_or_path!r} (model_type {model.config.model_type!r}) cannot be sampled "
+                         f"by sqlm's hand-written decoder: {problem}; use a Qwen2, Qwen2.5, Qwen3 or Llama-style model "
+                         "(see the README's model section).")
+    return model, tokenizer
 
 
 def load_for_training(initial: str, weights: str, device: torch.device, with_reference: bool,
@@ -127,9 +134,12 @@ def forward_with_cache(model, cache, input_ids, position_ids, attention_mask, sl
     for layer, (keys, values) in zip(core.layers, cache):
         attention = layer.self_attn
         x = layer.input_layernorm(hidden)  # [B, T, H]
-        q = attention.q_proj(x).view(batch, length, -1, attention.head_dim).transpose(1, 2)  # [B, heads, T, D]
-        k = attention.k_proj(x).view(batch, length, -1, attention.head_dim).transpose(1, 2)  # [B, kv_heads, T, D]
+        q = attention.q_proj(x).view(batch, length, -1, attention.head_dim)  # [B, T, heads, D]
+        k = attention.k_proj(x).view(batch, length, -1, attention.head_dim)  # [B, T, kv_heads, D]
         v = attention.v_proj(x).view(batch, length, -1, attention.head_dim).transpose(1, 2)  # [B, kv_heads, T, D]
+        if hasattr(attention, "q_norm"):  # Qwen3: an RMSNorm over each head's query and key, before the rotation
+            q, k = attention.q_norm(q), attention.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, heads, T, D], [B, kv_heads, T, D]
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin  # rotary position embedding
         keys.index_copy_(2, slots, k)  # in place: the cache never moves, so a CUDA graph can replay this
         values.index_copy_(2, slots, v)
@@ -215,30 +225,38 @@ def pick_tokens(logits: torch.Tensor, temperature: float, noise: torch.Tensor | 
     return (probs / noise).argmax(dim=-1)
 
 
+def prefill(model, prompts: list[list[int]], max_new_tokens: int, pad_id: int = 0):
+    """Left-pad the prompts, allocate the KV cache for max_new_tokens more tokens, and run every prompt token at
+    once -> (next-token logits [B, V], cache, key_is_token [B, P + max_new_tokens], positions [B, P]).
+    Left padding: every prompt ends at slot P - 1, so all rows write their next token to the same slot."""
+    device = model.lm_head.weight.device
+    batch, prompt_len = len(prompts), max(len(p) for p in prompts)
+    input_ids = torch.full((batch, prompt_len), pad_id, dtype=torch.long)
+    key_is_token = torch.zeros((batch, prompt_len + max_new_tokens), dtype=torch.bool)  # slot holds a real token
+    for row, ids in enumerate(prompts):
+        input_ids[row, prompt_len - len(ids):] = torch.tensor(ids)
+        key_is_token[row, prompt_len - len(ids):prompt_len] = True
+    input_ids, key_is_token = input_ids.to(device), key_is_token.to(device)
+    positions = (key_is_token[:, :prompt_len].long().cumsum(-1) - 1).clamp(min=0)  # [B, P]
+    cache = new_kv_cache(model, batch, prompt_len + max_new_tokens)
+    # A padding query sees only itself (an all-masked row would give NaN); real ones see the tokens before them.
+    slots = torch.arange(prompt_len, device=device)  # [P]
+    causal = slots[None, :] <= slots[:, None]  # [P, P]
+    itself = torch.eye(prompt_len, dtype=torch.bool, device=device)  # [P, P]
+    mask = causal & (key_is_token[:, None, None, :prompt_len] | itself)  # [B, 1, P, P]
+    logits = forward_with_cache(model, cache, input_ids, positions, mask, slots)  # [B, V]
+    return logits, cache, key_is_token, positions
+
+
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], max_new_tokens: int, temperature: float, stop_ids: list[int],
            pad_id: int = 0, cuda_graph: bool = True, compact: bool = True) -> list[list[int]]:
     """Complete every prompt; each completion keeps the stop token that ended it (if it stopped)."""
     device = model.lm_head.weight.device
     batch, prompt_len = len(prompts), max(len(p) for p in prompts)
-    max_len = prompt_len + max_new_tokens
-    input_ids = torch.full((batch, prompt_len), pad_id, dtype=torch.long)
-    key_is_token = torch.zeros((batch, max_len), dtype=torch.bool)  # [B, max_len]: slot holds a real token
-    for row, ids in enumerate(prompts):  # left padding: every prompt ends at slot prompt_len - 1
-        input_ids[row, prompt_len - len(ids):] = torch.tensor(ids)
-        key_is_token[row, prompt_len - len(ids):prompt_len] = True
-    input_ids, key_is_token = input_ids.to(device), key_is_token.to(device)
-    positions = (key_is_token[:, :prompt_len].long().cumsum(-1) - 1).clamp(min=0)  # [B, P]
-    cache = new_kv_cache(model, batch, max_len)
+    logits, cache, key_is_token, positions = prefill(model, prompts, max_new_tokens, pad_id)
     stop = torch.tensor(stop_ids, device=device)
     use_graph = cuda_graph and device.type == "cuda"
-
-    # Prefill: all prompt tokens at once. A padding query sees only itself (an all-masked row gives NaN).
-    slots = torch.arange(prompt_len, device=device)  # [P]
-    causal = slots[None, :] <= slots[:, None]  # [P, P]
-    itself = torch.eye(prompt_len, dtype=torch.bool, device=device)  # [P, P]
-    mask = causal & (key_is_token[:, None, None, :prompt_len] | itself)  # [B, 1, P, P]
-    logits = forward_with_cache(model, cache, input_ids, positions, mask, slots)  # [B, V]
 
     position = positions[:, -1:] + 1  # [B, 1]
     rows = torch.arange(batch, device=device)  # live row -> original row
@@ -283,3 +301,62 @@ def sample_in_chunks(model, prompts, max_new_tokens, temperature, stop_ids, pad_
         completions += sample(model, prompts[begin:begin + chunk_size], max_new_tokens, temperature, stop_ids,
                               pad_id, cuda_graph)
     return completions
+
+
+# ============================================================================ the self-check at load time
+
+
+# The self-check's tolerance on the largest logit difference, relative to the largest logit. Measured on tiny
+# random models of every supported family (README, "Which models"): float32 agrees to rounding (<= 2e-6); in
+# bfloat16 (8 bits of mantissa) the two forwards round differently and differ by up to 1e-2. A missing piece of the
+# architecture moves the logits by far more: 0.39 to 1.1 for Qwen3 without its query/key norms, 8 to 10 for
+# Granite's multipliers. The bounds sit between the two, with room for deeper real models.
+SELF_CHECK_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2, torch.float16: 5e-2}
+
+
+@torch.no_grad()
+def sampler_mismatch(model, tokenizer) -> str | None:
+    """Why the hand-written decoder cannot stand in for this model, or None when it reproduces it.
+
+    Both forwards run on the same two short prompts (of different lengths, so left padding is exercised), in the
+    dtype the model was loaded in: the prompt (prefill) and one decode step through the KV cache must give the
+    model's own next-token logits, within SELF_CHECK_TOLERANCE. A layer the decoder cannot read is a mismatch
+    too. Costs two short forwards of each kind: milliseconds on a GPU."""
+    config = model.config
+    layer_kinds = set(getattr(config, "layer_types", None) or ())  # newer configs name each layer's attention
+    if layer_kinds - {"full_attention"} or not layer_kinds and getattr(config, "sliding_window", None) and \
+            getattr(config, "use_sliding_window", True):
+        return "it uses sliding-window attention, which the decoder does not implement"
+    was_training = model.training
+    model.eval()
+    prompts = [chat_prompt_ids(tokenizer, text) for text in ("What is 12 * 34?", "Hi")]
+    try:
+        first = sample_logits(model, prompts)  # [2, V]: after the prompts
+        next_tokens = first.argmax(-1).tolist()
+        second = sample_logits(model, prompts, next_tokens)  # [2, V]: after one decode step
+    except Exception as error:  # the decoder met a layer it cannot read (fused projections, other names, ...)
+        return f"its layers do not have the Qwen2/Llama layout the decoder reads ({type(error).__name__}: {error})"
+    finally:
+        model.train(was_training)
+    worst = 0.0
+    for row, prompt in enumerate(prompts):
+        for ours, continuation in ((first[row], []), (second[row], [next_tokens[row]])):
+            ids = torch.tensor([prompt + continuation], device=ours.device)
+            theirs = model(input_ids=ids).logits[0, -1].float()  # [V]
+            worst = max(worst, ((ours.float() - theirs).abs().max() / theirs.abs().max().clamp(min=1e-6)).item())
+    tolerance = SELF_CHECK_TOLERANCE.get(model.lm_head.weight.dtype, 5e-2)
+    if not worst <= tolerance:  # `not <=` also catches NaN
+        return f"its next-token logits differ from the model's own by {worst:.2g} (relative; tolerance {tolerance:g})"
+    return None
+
+
+def sample_logits(model, prompts: list[list[int]], next_tokens: list[int] | None = None) -> torch.Tensor:
+    """The decoder's next-token logits [B, V] after left-padded `prompts` and, if given, one more token each
+    (through the KV cache, as sampling does)."""
+    logits, cache, key_is_token, positions = prefill(model, prompts, 1)
+    if next_tokens is None:
+        return logits
+    slot = key_is_token.shape[1] - 1
+    key_is_token[:, slot] = True
+    decode = make_decoder(model, cache, key_is_token, use_cuda_graph=False)
+    return decode(torch.tensor(next_tokens, device=logits.device), positions[:, -1:] + 1, slot)

@@ -57,12 +57,13 @@ def accuracy(correct: list[bool]) -> float:
 
 def run_demo(seed: int, out: str, extra_flags: list[str]) -> dict:
     started = time.time()
-    base = tiny.load_or_build_tiny_base()
+    base = sampler.cache_dir() / tiny.CACHE_NAME  # built below, once the flags are known to be good
     argv = ["--model", str(base), "--validation-data", str(base / "validation.jsonl"), "--seed", str(seed),
             "--out", out, *DEMO_FLAGS, *extra_flags]
-    config = sqlm.parse_config(argv)  # bad flags are refused before the minute of measuring below
-    if Path(out).exists():  # so is an --out that already holds a run (sqlm.py would refuse it after that minute)
+    config = sqlm.parse_config(argv)  # bad flags are refused before the minutes of building and measuring below
+    if Path(out).exists():  # so is an --out that already holds a run (sqlm.py would refuse it only after them)
         rundir.check_resume(Path(out), dataclasses.asdict(config), config.resume, sqlm.RESUMABLE)
+    tiny.load_or_build_tiny_base()
     before = heldout_correct(str(base), base)
     sqlm.main(argv)
     result = dict(seed=seed, out=out, heldout_problems=len(before), accuracy_before=accuracy(before),

@@ -67,7 +67,10 @@ def claim(out: Path, config: dict, resume: bool, resumable: set[str]):
 
 def check_resume(out: Path, config: dict, resume: bool, resumable: set[str]):
     """(checkpoint, trainer state) to continue from, (None, None) to start at step 0, or a one-sentence refusal."""
-    saved = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else None
+    try:
+        saved = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SystemExit(f"error: {str(out / 'config.json')!r} is damaged; restore it or start a new --out.") from None
     checkpoint = find_checkpoint(out)
     if not resume:
         if saved is not None or checkpoint is not None or (out / "metrics.jsonl").exists():
@@ -96,6 +99,9 @@ def check_resume(out: Path, config: dict, resume: bool, resumable: set[str]):
         raise SystemExit(f"error: the checkpoint {str(checkpoint)!r} is damaged ({reason}); delete that directory "
                          "and pass --resume again to restart the run from an older checkpoint or step 0, or start "
                          "a new --out.") from None
+    if state["step"] > config.get("steps", state["step"]):
+        raise SystemExit(f"error: the checkpoint in {str(out)!r} already holds {state['step']} steps; pass --steps "
+                         f"{state['step']} or more to continue it.")
     return checkpoint, state
 
 

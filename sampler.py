@@ -12,6 +12,8 @@ written out in `forward_with_cache` for Qwen2/Llama-style models. This module im
 """
 
 import os
+import socket
+import urllib.parse
 from pathlib import Path
 
 import torch
@@ -35,18 +37,48 @@ def model_location(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_model(name_or_path: str, device: torch.device, dtype: torch.dtype = torch.float32):
-    """Load a causal LM and its tokenizer from a hub name or a local directory -> (model, tokenizer)."""
-    name_or_path = model_location(name_or_path)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can this machine open a connection to the model hub ($HF_ENDPOINT)? Asked before downloading, because
+    from_pretrained retries an unreachable hub for about a minute before it gives up."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", ""):
+        return False
+    endpoint = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_model(name_or_path: str, device: torch.device, dtype: torch.dtype = torch.float32):
+    """Load a causal LM and its tokenizer from a local directory or a hub name -> (model, tokenizer)."""
+    name_or_path = model_location(name_or_path)
+    path = Path(name_or_path).expanduser()
+    # "org/name" is a hub id; anything else with a slash (or ~, .) is a path, and a missing path is not looked up
+    # on the hub.
+    if path.is_dir() or name_or_path.startswith((".", "~", os.sep)) or name_or_path.count("/") > 1:
+        if not (path / "config.json").is_file():
+            raise SystemExit(f"error: {name_or_path!r} is not a model directory (no config.json there); pass "
+                             "--model a directory written by save_pretrained, or a hub name.")
+        name_or_path = str(path)
+    offline = False
+    try:
+        try:  # the local directory or the Hugging Face cache first: no network, no retries
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, local_files_only=True)
+        except OSError:
+            offline = not path.is_dir() and not hub_reachable()
+            if path.is_dir() or offline:
+                raise
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
     except (OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0][:200]
-        raise SystemExit(
-            f"error: could not load model {name_or_path!r} ({reason}); pass --model a local checkpoint "
-            "directory, or a hub name on a machine that can reach the hub."
-        ) from None
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        if offline:
+            reason = "not in the local Hugging Face cache, and the hub cannot be reached from here"
+        raise SystemExit(f"error: could not load model {name_or_path!r} ({reason}); pass --model a local "
+                         "checkpoint directory, or a hub name on a machine that can reach the hub.") from None
     if not tokenizer.chat_template:
         raise SystemExit(f"error: model {name_or_path!r} has no chat template; SQLM prompts both roles through one, "
                          "so use a chat (Instruct) model.")
@@ -54,8 +86,8 @@ def load_model(name_or_path: str, device: torch.device, dtype: torch.dtype = tor
     problem = sampler_mismatch(model, tokenizer)
     if problem:
         raise SystemExit(f"error: model {name_or_path!r} (model_type {model.config.model_type!r}) cannot be sampled "
-                         f"by sqlm's hand-written decoder: {problem}; use a Qwen2, Qwen2.5, Qwen3 or Llama-style model "
-                         "(see the README's model section).")
+                         f"by sqlm's hand-written decoder: {problem}; use a Qwen2, Qwen2.5, Qwen3 or Llama-style "
+                         "model (the README's section 'Which models').")
     return model, tokenizer
 
 

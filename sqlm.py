@@ -30,8 +30,6 @@ import sandbox
 from flags import option  # a dataclass field plus what --help shows of it: meaning, default, choices, range
 
 # ============================================================================ config
-
-
 def steps_or_never(text: str) -> int:
     """--proposer-update-every: a number of steps, or 'never' (= 0)."""
     return 0 if text == "never" else int(text)
@@ -90,14 +88,14 @@ def parse_config(argv: list[str] | None = None) -> Config:
         problems.append("--solver-reward truth needs questions that can be checked exactly: --task multiplication")
     if config.solver_reward == "format" and config.task == "coding":
         problems.append("--solver-reward format needs math answers: --task multiplication or algebra")
+    if config.validation_data and not config.eval_every:
+        problems.append("--validation-data is only read with --eval-every > 0")
     if problems:
         raise SystemExit("error: " + "; ".join(problems) + ".")
     return config
 
 
 # ============================================================================ 1. propose
-
-
 @dataclass
 class Episode:
     """One sampled completion and what the update needs to know about it (the rollout -> update contract)."""
@@ -135,8 +133,6 @@ def parse_proposal(task: str, tokenizer, completion: list[int], stop_ids: list[i
 
 
 # ============================================================================ 2. solve
-
-
 def solve(config: Config, model, tokenizer, stop_ids: list[int], questions) -> tuple[list, list[list]]:
     """(solver prompt ids per question, N answers per question). A question that is invalid, or whose solver
     prompt is longer than --max-prompt-tokens (it becomes invalid too), gets prompt None and is never solved."""
@@ -150,8 +146,6 @@ def solve(config: Config, model, tokenizer, stop_ids: list[int], questions) -> t
 
 
 # ============================================================================ 3. score
-
-
 def score_questions(task: str, proposal_texts: list[str], completion_texts: list[list[str]], gate: str,
                     solver_reward: str = "majority") -> list[dict]:
     """Rewards for each question's N solver completions. Math votes; code runs against the proposer's own tests
@@ -184,8 +178,6 @@ def score_questions(task: str, proposal_texts: list[str], completion_texts: list
 
 
 # ============================================================================ 4. advantages
-
-
 def group_advantages(group_rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """GRPO advantages: (r - group mean) / (group std + 1e-6) over the valid members of each group.
 
@@ -246,8 +238,6 @@ def rollout(config: Config, model, tokenizer, stop_ids: list[int], seen_ngrams: 
 
 
 # ============================================================================ 5. log-probs
-
-
 def completion_logprobs(model, episodes: list[Episode], temperature: float) -> list[torch.Tensor]:
     """Log-probabilities of each episode's sampled completion tokens, one [len] tensor per episode.
 
@@ -274,8 +264,6 @@ def completion_logprobs(model, episodes: list[Episode], temperature: float) -> l
 
 
 # ============================================================================ 6. loss
-
-
 def grpo_token_loss(logprobs, old_logprobs, ref_logprobs, advantages, epsilon: float, beta: float):
     """Per-token clipped GRPO surrogate plus beta * k3 KL to the reference. All inputs are [tokens].
 
@@ -292,8 +280,6 @@ def grpo_token_loss(logprobs, old_logprobs, ref_logprobs, advantages, epsilon: f
 
 
 # ============================================================================ 7. update
-
-
 def micro_batches(episodes: list[Episode], token_budget: int) -> list[list[Episode]]:
     """Group episodes of similar length so that rows x padded length stays within the token budget."""
     ordered = sorted(episodes, key=lambda e: len(e.prompt_ids) + len(e.completion_ids))
@@ -356,8 +342,6 @@ def update_policy(config: Config, policy, reference, optimizer, episodes: list[E
 
 
 # ============================================================================ main loop
-
-
 def build_question_pool(config: Config, model, tokenizer, stop_ids: list[int], path: Path) -> list[list[int]]:
     """--question-pool (the paper's "pre-generate all problems up front"): ask the untrained proposer once for
     config.question_pool proposals and keep those that parse. Saved to `path`: a resumed run reuses the pool."""
@@ -386,6 +370,8 @@ def main(argv: list[str] | None = None) -> None:
             config.model, str(checkpoint or config.model), device, config.beta > 0, config.gradient_checkpointing)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         stop_ids = sampler.stop_token_ids(policy, tokenizer)
+        if config.task == "coding":  # say how model-written programs are isolated (loudly, when only by limits)
+            tqdm.write(f"sandbox: {sandbox.isolation()}")
         budget = evaluate.max_new_tokens(config.task, policy, config.max_new_tokens)
         # Resuming restores all a run needs to go on exactly: optimizer moments, every RNG state, the counters.
         start_step, seen_ngrams, best_validation = rundir.restore(state, optimizer) if state else (0, set(), -1.0)

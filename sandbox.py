@@ -31,7 +31,6 @@ container without network and without secrets, as an unprivileged user.
 """
 
 import ctypes
-import json
 import os
 import resource
 import select
@@ -442,25 +441,3 @@ def pass_fractions(codes: list[str | None], tests_per_code: list[list[tuple[str,
 
     with ThreadPoolExecutor(max_workers=max_workers or os.cpu_count() or 1) as pool:
         return list(pool.map(score, zip(codes, tests_per_code)))
-
-
-# ---- `python3 sandbox.py`: which mode this machine gets, and how fast -----------------------------
-
-def _benchmark(path: str, repeats: int = 3) -> None:
-    """Print isolation() and programs per second on a coding set (one fixed program, all its tests)."""
-    with open(path, encoding="utf-8") as f:
-        problems = [json.loads(line) for line in f if line.strip()]
-    tests = [[(test["input"], test["output"]) for test in problem["tests"]] for problem in problems]
-    program = "print(sum(map(int, input().split())))"   # right on a few problems; speed is the point
-    runs = sum(len(problem_tests) for problem_tests in tests)
-    print(isolation(), flush=True)
-    for _ in range(repeats):
-        start = time.monotonic()
-        pass_fractions([program] * len(tests), tests)
-        seconds = time.monotonic() - start
-        print(f"{runs / seconds:.1f} programs/s ({runs} runs in {seconds:.2f} s, {os.cpu_count()} workers)")
-
-
-if __name__ == "__main__":
-    _benchmark(sys.argv[1] if len(sys.argv) > 1
-               else os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "coding_eval.jsonl"))

@@ -26,9 +26,10 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def parse(config_class, argv: list[str] | None, description: str):
+def parse(config_class, argv: list[str] | None, description: str, epilog: str | None = None):
     """Command line -> an instance of config_class. Values out of range are refused in one sentence."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, epilog=epilog,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(config_class):
         meta = f.metadata
         meaning = meta["help"].replace("%", "%%")  # argparse %-formats help texts

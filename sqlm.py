@@ -82,7 +82,8 @@ RESUMABLE = {"out", "resume", "steps", "micro_batch_tokens", "rollout_batch_size
 
 def parse_config(argv: list[str] | None = None) -> Config:
     """Command line -> Config, refusing flags that cannot work before any work starts, in one sentence."""
-    config = flags.parse(Config, argv, __doc__.split("\n\n")[0])  # --help: meaning, default, choices, range
+    resumable = ", ".join(sorted("--" + name.replace("_", "-") for name in RESUMABLE))
+    config = flags.parse(Config, argv, __doc__.split("\n\n")[0], f"On --resume only these may change: {resumable}.")
     problems = []
     if config.solver_reward == "truth" and config.task != "multiplication":
         problems.append("--solver-reward truth needs questions that can be checked exactly: --task multiplication")

@@ -40,3 +40,4 @@ def test_plots_are_written(tmp_path):
 def test_missing_run_is_one_sentence(tmp_path):
     with pytest.raises(SystemExit, match="not a run directory"):
         plot.main([str(tmp_path / "nowhere")])
+

@@ -7,7 +7,6 @@ sandbox.isolation() reports the limits-only fallback; everything else runs in bo
 
 import json
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -17,11 +16,11 @@ import uuid
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import sandbox
+from sandbox import pass_fraction, pass_fractions, run_program
+from sandbox_report import pids_running, unique_sleep_argument  # the report finds leftovers the same way
 
-import sandbox  # noqa: E402
-from sandbox import pass_fraction, pass_fractions, run_program  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ADD_TWO = "a, b = map(int, input().split())\nprint(a + b)\n"
 
@@ -53,27 +52,9 @@ def namespaces():
         pytest.skip(sandbox.isolation())
 
 
-def _unique_sleep() -> str:
-    """A `sleep` argument no other process uses, so we can find a program's children on the host."""
-    return f"{30 + random.random():.9f}"
-
-
-def _pids_running(argument: str) -> list[int]:
-    """Host pids whose command line contains `argument` (zombies have an empty command line)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if argument.encode() in f.read().split(b"\0"):
-                    pids.append(int(entry))
-        except (OSError, ValueError):
-            pass                                 # not a pid, or it just exited
-    return pids
-
-
 def _none_running(argument: str, wait_seconds: float = 2.0) -> bool:
     deadline = time.monotonic() + wait_seconds
-    while _pids_running(argument):
+    while pids_running(argument):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -212,14 +193,14 @@ def test_memory_hog_fails_quickly():
 
 
 def test_child_process_that_outlives_parent_is_killed(both_modes):
-    token = _unique_sleep()
+    token = unique_sleep_argument()
     result = run_program(f"import subprocess\nsubprocess.Popen(['sleep', '{token}'])\nprint('started')\n")
     assert result.stdout == "started\n"
     assert _none_running(token)
 
 
 def test_double_fork_daemon_is_killed(both_modes):
-    token = _unique_sleep()
+    token = unique_sleep_argument()
     code = (
         "import os\n"
         "if os.fork() == 0:\n"              # child
@@ -306,7 +287,7 @@ def test_cannot_kill_the_trainer(namespaces):
 
 def test_leaving_the_process_group_does_not_outlive_the_run(namespaces):
     marker = f"/tmp/sqlm_escape_{uuid.uuid4().hex}"      # the host's /tmp: writable for us
-    token = _unique_sleep()
+    token = unique_sleep_argument()
     code = (
         "import os, time\n"
         "for leave in (os.setsid, lambda: os.setpgid(0, 0)):\n"
@@ -329,7 +310,7 @@ def test_leaving_the_process_group_does_not_outlive_the_run(namespaces):
 
 
 def test_busy_children_die_with_the_run(namespaces):
-    token = _unique_sleep()
+    token = unique_sleep_argument()
     code = (
         "import os, sys, time\n"
         "while True:\n"                              # keep forking busy children that leave the group
@@ -440,7 +421,7 @@ def test_no_network(namespaces):
 
 
 def test_sigkilled_trainer_leaves_no_process_or_temp_dir(namespaces, tmp_path):
-    token = _unique_sleep()
+    token = unique_sleep_argument()
     code = (
         "import os, subprocess, time\n"
         f"subprocess.Popen(['sleep', '{token}'])\n"
@@ -454,10 +435,10 @@ def test_sigkilled_trainer_leaves_no_process_or_temp_dir(namespaces, tmp_path):
     trainer = _start_trainer(code, timeout=60, env={"TMPDIR": str(trainer_tmp)})
     try:
         deadline = time.monotonic() + 10
-        while len(_pids_running(token)) < 2 and time.monotonic() < deadline:
+        while len(pids_running(token)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         tree = _descendants(trainer.pid)                     # unshare, the program, its children
-        assert len(_pids_running(token)) == 2 and len(tree) >= 4
+        assert len(pids_running(token)) == 2 and len(tree) >= 4
     finally:
         trainer.kill()
         trainer.communicate()

@@ -9,6 +9,7 @@ Both are saved with save_pretrained, so code under test loads them exactly like 
 """
 
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
 # The repository root, one level up, holds tiny.py: make it importable however this file is run.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import sampler  # noqa: E402
 import tiny  # noqa: E402
 
 # Qwen3's chat template closes an empty <think> block when enable_thinking is false (the real template's ending).
@@ -76,7 +78,31 @@ def make_family_checkpoint(out_dir, family: str, seed: int = 0) -> Path:
     return tiny.save_model_dir(model, tokenizer, out_dir)
 
 
+def family_report(work_dir) -> None:
+    """`python tests/tiny_model.py --families`: for each family and dtype, how far the hand-written decoder's logits
+    are from the model's own (relative; sampler.largest_logit_difference), and what load_model says."""
+    for family in FAMILIES:
+        path = make_family_checkpoint(Path(work_dir) / family, family)
+        for dtype in (torch.float32, torch.bfloat16):
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+            try:
+                with torch.no_grad():
+                    difference = f"{sampler.largest_logit_difference(model, tiny.build_tokenizer()):.1e}"
+            except Exception as error:  # noqa: BLE001 (reported, as load_model reports it)
+                difference = f"cannot read its layers ({type(error).__name__})"
+            try:
+                sampler.load_model(str(path), torch.device("cpu"), dtype)
+                verdict = "loaded"
+            except SystemExit as refusal:
+                verdict = "refused: " + str(refusal.code).split("decoder: ", 1)[-1].split(";")[0]
+            print(f"| {family} | {str(dtype).replace('torch.', '')} | {difference} | {verdict} |", flush=True)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python tests/tiny_model.py DIR")
-    print(make_tiny_checkpoint(sys.argv[1]))
+    if len(sys.argv) == 2 and sys.argv[1] == "--families":
+        with tempfile.TemporaryDirectory() as work:
+            family_report(work)
+    elif len(sys.argv) == 2:
+        print(make_tiny_checkpoint(sys.argv[1]))
+    else:
+        sys.exit("usage: python tests/tiny_model.py DIR | --families")

@@ -28,11 +28,15 @@ def test_never_is_a_proposer_period():
 def test_proposer_period_changes_only_when_the_proposer_learns(varied_dir, tmp_path, monkeypatch, period, updated):
     metrics, samples = short_run(varied_dir, tmp_path / "run", monkeypatch, "--proposer-update-every", period)
     assert [m["proposer_updated"] for m in metrics] == updated
+    # The proposer's episodes (all 4 proposals are valid questions) reached the update exactly on those steps.
+    assert [m["proposer_episodes_trained"] for m in metrics] == [4 if u else 0 for u in updated]
+    assert all(m["solver_episodes_trained"] == 8 for m in metrics)
     # Step 0 samples before any update: identical whatever the period (nothing else changed).
     baseline, _ = short_run(varied_dir, tmp_path / "baseline", monkeypatch, steps=1)
     assert metrics[0]["solver_reward"] == baseline[0]["solver_reward"]
     assert metrics[0]["sampled_tokens"] == baseline[0]["sampled_tokens"]
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["proposer_update_every"] == sqlm.steps_or_never(str(period))
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["proposer_update_every"] == (0 if period == "never" else period)
 
 
 def test_gate_changes_only_the_proposer_reward():

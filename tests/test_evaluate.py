@@ -2,9 +2,11 @@ import json
 from fractions import Fraction
 
 import pytest
+import torch
 
 import evaluate
 import rewards
+import sampler
 
 
 def test_multiplication_set_is_tinyzero_style():
@@ -48,11 +50,17 @@ def test_math_scoring_is_strict():
     assert evaluate.is_correct("algebra", {"question": "q", "answer": "(3, 1/2)"}, "<answer>x = 3, y = 0.5</answer>")
 
 
-def test_cli_prints_a_json_line(tiny_dir, capsys):
-    evaluate.main(["--task", "multiplication", "--model", str(tiny_dir), "--limit", "8", "--device", "cpu",
-                   "--max-new-tokens", "16"])
+def test_cli_prints_a_json_line(tiny_dir, capsys, monkeypatch):
+    """Scripted answers (a random model answers nothing): right for problems 0, 2, 5, wrong or missing else."""
+    tokenizer = sampler.load_model(str(tiny_dir), torch.device("cpu"))[1]
+    problems = evaluate.multiplication_problems()[:8]
+    texts = [f"<answer> {p['answer']} </answer>" if i in (0, 2, 5) else "<answer> 1 </answer>" if i % 2 else "no"
+             for i, p in enumerate(problems)]
+    monkeypatch.setattr(evaluate.sampler, "sample_in_chunks",
+                        lambda model, prompts, *args, **kwargs: [tokenizer(t)["input_ids"] for t in texts])
+    evaluate.main(["--task", "multiplication", "--model", str(tiny_dir), "--limit", "8", "--device", "cpu"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["task"] == "multiplication" and result["n"] == 8 and 0.0 <= result["accuracy"] <= 1.0
+    assert result == {"task": "multiplication", "n": 8, "accuracy": 3 / 8, "correct": 3, "model": str(tiny_dir)}
 
 
 def test_data_file_replaces_the_generator(tmp_path):

@@ -109,3 +109,35 @@ def test_update_is_token_mean_over_the_mini_batch(varied_dir):
     expected_loss = -sum((lp * a).sum() for lp, a in zip(logprobs, advantages)) / total
     expected_loss.backward()
     assert torch.allclose(ours, model.model.embed_tokens.weight.grad, atol=1e-6)
+
+
+def test_group_advantages_with_no_or_one_valid_member():
+    group_rewards = torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]])
+    valid = torch.tensor([[False, False, False], [False, True, False]])
+    # No valid member: nothing to compare. One: no spread, so no signal either (and no division by zero).
+    assert torch.equal(sqlm.group_advantages(group_rewards, valid), torch.zeros(2, 3))
+
+
+def test_later_mini_batches_see_ratios_away_from_one_and_clip(varied_dir, monkeypatch):
+    """One step of sqlm's update is several optimizer steps: after the first, the policy has moved, so the
+    ratio to the sampling policy leaves 1 and the clip at 1 +- epsilon starts to act."""
+    model, tokenizer = sampler.load_model(str(varied_dir), torch.device("cpu"))
+    eos = tokenizer.eos_token_id
+    completions = [[5 + i, 6 + i, 7 + i, eos] for i in range(8)]
+    advantages = [1.0, -1.0] * 4
+    ratios = []
+    real_loss = sqlm.grpo_token_loss
+
+    def recording_loss(logprobs, old_logprobs, *args):
+        ratios.append(torch.exp(logprobs - old_logprobs).detach())
+        return real_loss(logprobs, old_logprobs, *args)
+
+    monkeypatch.setattr(sqlm, "grpo_token_loss", recording_loss)
+    config = sqlm.Config(beta=0.0, mini_batch_size=2, micro_batch_tokens=10_000, lr=0.05, epsilon=0.2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    update = sqlm.update_policy(config, model, None, optimizer, _episodes(tokenizer, completions, advantages),
+                                torch.device("cpu"))
+    assert update["optimizer_steps"] == 4 and len(ratios) == 4
+    assert torch.allclose(ratios[0], torch.ones_like(ratios[0]))  # the first mini-batch: the sampling policy
+    later = torch.cat(ratios[1:])
+    assert (later - 1).abs().max() > 0.2  # outside the clip range: clipping is active there

@@ -68,6 +68,26 @@ def test_rollout_scores_and_masks(varied_dir, monkeypatch):
         assert records[k // 2]["question"] in tokenizer.decode(episode.prompt_ids)
 
 
+def test_unfinished_and_over_long_proposals_are_invalid(varied_dir, monkeypatch):
+    model, tokenizer = sampler.load_model(str(varied_dir), torch.device("cpu"))
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    proposals = [tokenizer("12 * 34")["input_ids"] + [stop],
+                 tokenizer("5 * 6")["input_ids"],  # no stop token: cut off by the length budget
+                 tokenizer(" + ".join(["1"] * 200))["input_ids"] + [stop],  # its solver prompt is too long
+                 tokenizer("7 * 8")["input_ids"] + [stop]]
+    real_sample = sqlm.sample_completions
+    monkeypatch.setattr(sqlm, "sample_completions", lambda config, model_, tok, stop_ids, prompts: proposals
+                        if prompts and prompts[0] == prompts[-1] and len(prompts) == 4 else
+                        real_sample(config, model_, tok, stop_ids, prompts))
+    config = sqlm.Config(batch_size=2, num_generations=2, max_new_tokens=6, device="cpu", max_prompt_tokens=200)
+    proposer, solver, records, stats = sqlm.rollout(config, model, tokenizer, sampler.stop_token_ids(model, tokenizer),
+                                                    set())
+    assert [e.in_loss for e in proposer] == [True, False, False, True]
+    assert [r["question"] for r in records] == ["12 * 34", "7 * 8"] and len(solver) == 2 * 2
+    assert stats["valid_fraction"] == 0.5 and stats["proposer_truncated"] == 0.25
+    assert proposer[1].advantage == proposer[2].advantage == 0.0
+
+
 def test_resume_continues_exactly(varied_dir, tmp_path, monkeypatch):
     tokenizer = sampler.load_model(str(varied_dir), torch.device("cpu"))[1]
     fake_proposals(monkeypatch, tokenizer, ["12 * 34", "5 * 6"])
@@ -143,11 +163,17 @@ def test_validation_best_checkpoint_and_curriculum_metrics(varied_dir, tmp_path,
     tokenizer = sampler.load_model(str(varied_dir), torch.device("cpu"))[1]
     fake_proposals(monkeypatch, tokenizer, ["12 * 34", "5*6+1"])
     out = tmp_path / "run"
-    run(["--model", varied_dir, "--steps", 2, "--out", out, *FAST, "--eval-every", 1, "--eval-limit", 4])
+    run(["--model", varied_dir, "--steps", 2, "--out", out, *FAST, "--eval-every", 1, "--eval-limit", 4,
+         "--lr", "1e-3"])
     metrics = read_jsonl(out / "metrics.jsonl")
     assert "validation_accuracy_initial" in metrics[0]
-    assert all("validation_accuracy" in m for m in metrics)
-    assert (out / "checkpoint-best" / "model.safetensors").exists()
+    accuracies = [m["validation_accuracy"] for m in metrics]
+    # checkpoint-best holds the weights after the first step with the best validation accuracy (a later tie
+    # does not replace it), so here, where the second step is no better, it is not the final checkpoint.
+    assert accuracies[1] <= accuracies[0]
+    best, final = (sampler.load_model(str(out / name), torch.device("cpu"))[0] for name in ("checkpoint-best",
+                                                                                             "checkpoint"))
+    assert any(not torch.equal(a, b) for a, b in zip(best.parameters(), final.parameters()))
     for key in ["in_band", "too_easy", "too_hard", "majority_count_0", "distinct_questions", "novelty",
                 "question_length", "question_operators", "pseudo_label_accuracy", "solver_accuracy"]:
         assert key in metrics[0], key

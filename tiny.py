@@ -501,14 +501,20 @@ CACHE_NAME = f"tiny-multiplication-base-{TINY_BASE_VERSION}"  # its directory in
 ALIAS = "tiny"  # `--model tiny` finds the built model through this link in the cache (sampler.model_location)
 
 
-def write_data_files(path: Path) -> None:
-    """The demo's held-out problems, as JSON lines in the model directory: test.jsonl (for evaluate.py --data)
-    and validation.jsonl (for sqlm.py --validation-data). Rewritten only when missing; the split is fixed."""
+def finish_model_dir(path: Path) -> None:
+    """What the model directory carries besides the weights: the demo's held-out problems as JSON lines, test.jsonl
+    (for evaluate.py --data) and validation.jsonl (for sqlm.py --validation-data), and the response budget in
+    generation_config.json. Written when missing, so a base built by an older version of this file (same
+    weights) gets them too; the split is fixed, so rewriting never changes them."""
     for name, problems in (("test.jsonl", heldout_problems()), ("validation.jsonl", validation_problems())):
         if not (path / name).exists():
             tmp = path / f"{name}.tmp"
             tmp.write_text("".join(json.dumps({"question": q, "answer": str(a)}) + "\n" for q, a in problems))
             tmp.replace(path / name)
+    config = GenerationConfig.from_pretrained(path)
+    if config.max_new_tokens != MAX_NEW_TOKENS:
+        config.max_new_tokens = MAX_NEW_TOKENS
+        config.save_pretrained(path)
 
 
 def load_or_build_tiny_base(cache_dir=None, log=print) -> Path:
@@ -527,7 +533,7 @@ def load_or_build_tiny_base(cache_dir=None, log=print) -> Path:
             partial = cache_dir / f"{path.name}.partial-{os.getpid()}"
             pretrain_tiny_base(partial, log=log)
             partial.rename(path)
-        write_data_files(path)
+        finish_model_dir(path)
         alias = cache_dir / ALIAS
         if not alias.is_symlink() or os.readlink(alias) != path.name:
             tmp = cache_dir / f".{ALIAS}.{os.getpid()}"

@@ -237,7 +237,12 @@ def test_tiny_base_builds_saves_and_loads(tmp_path, monkeypatch):
     cached = tmp_path / "cache" / tiny.CACHE_NAME
     cached.parent.mkdir()
     path.rename(cached)
+    # A base built by an older tiny.py has the same weights but no budget in its generation config: it gets it.
+    config = json.loads((cached / "generation_config.json").read_text())
+    del config["max_new_tokens"]
+    (cached / "generation_config.json").write_text(json.dumps(config))
     assert tiny.load_or_build_tiny_base() == cached
+    assert json.loads((cached / "generation_config.json").read_text())["max_new_tokens"] == tiny.MAX_NEW_TOKENS
     test = evaluate.load_problems("multiplication", data=str(cached / "test.jsonl"))
     validation = evaluate.load_problems("multiplication", data=str(cached / "validation.jsonl"))
     assert [(p["question"], int(p["answer"])) for p in test] == tiny.heldout_problems()
@@ -255,6 +260,7 @@ def test_concurrent_first_builds_wait_for_each_other(tmp_path):
         "    time.sleep(1.5)\n"
         "    path.mkdir(parents=True)\n"
         "    (path / 'config.json').write_text('{}')\n"
+        "    (path / 'generation_config.json').write_text('{}')\n"
         "tiny.pretrain_tiny_base = build\n"
         "print(tiny.load_or_build_tiny_base(), flush=True)\n"
     )

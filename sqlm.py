@@ -4,8 +4,11 @@ One chat model plays two roles. From a single topic prompt the *proposer* writes
 answers it num_generations times. No labels: for math the majority answer stands in for the truth, for code
 the proposer's own unit tests judge the solver's program. The proposer is paid for questions that are
 neither too easy nor too hard. Both roles are trained with a hand-written GRPO update.
+
 Read top to bottom, in the order a step happens: config, 1 propose, 2 solve, 3 score, 4 advantages, 5 log-probs,
-6 loss, 7 update, main loop. The machinery is in the files it imports.    python sqlm.py --task multiplication
+6 loss, 7 update, main loop. The machinery (sampler, sandbox, run directory, ...) is in the files it imports.
+
+    python sqlm.py --task multiplication        # python sqlm.py --help explains every flag
 """
 
 import dataclasses
@@ -228,13 +231,14 @@ def rollout(config: Config, model, tokenizer, stop_ids: list[int], seen_ngrams: 
         episode.advantage = advantage
 
     # Share of GRPO groups whose rewards differ: only those carry a learning signal (a non-zero advantage).
-    signal = lambda advantages: float((advantages != 0).any(-1).float().mean()) if len(advantages) else 0.0  # noqa
+    signal = lambda advantages: (advantages != 0).any(-1).float().mean().item() if len(advantages) else 0.0  # noqa
     stats = dict(valid_fraction=len(valid_rows) / len(proposals), proposer_reward=float(np.mean(proposer_rewards)),
                  solver_reward=float(np.mean([e.reward for e in solver_episodes])) if solver_episodes else 0.0,
                  proposer_groups_with_signal=signal(proposer_advantages),
                  solver_groups_with_signal=signal(solver_advantages))
     # A lens for the reader, never a reward: lengths, bands, novelty, question size, the vote checked against truth.
-    stats.update(curriculum.step_report(task, records, n, seen_ngrams, proposals, sum(groups, []), stop_ids))
+    answers = [ids for group in groups for ids in group]
+    stats.update(curriculum.step_report(task, records, n, seen_ngrams, proposals, answers, stop_ids))
     return proposer_episodes, solver_episodes, records, stats
 
 

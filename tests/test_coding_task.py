@@ -54,7 +54,8 @@ def scripted_sampling(monkeypatch, module, tokenizer, proposal: str, answers: li
         return [encode(answers[i % len(answers)]) for i in range(len(prompts))]
 
     if module is sqlm:
-        monkeypatch.setattr(sqlm, "sample_completions", lambda config, model, tok, stop_ids, prompts: scripted(prompts))
+        monkeypatch.setattr(sqlm, "sample_completions",
+                            lambda config, model, tok, stop_ids, prompts: scripted(prompts))
     else:
         monkeypatch.setattr(module.sampler, "sample_in_chunks", lambda model, prompts, *a, **k: scripted(prompts))
 

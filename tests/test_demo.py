@@ -20,7 +20,8 @@ def small_cache(tmp_path_factory, monkeypatch):
         tiny.pretrain_tiny_base(base, max_steps=2, eval_every=1, batch_size=8, log=lambda line: None, **TINY_SIZES)
         for name, problems in (("test.jsonl", tiny.heldout_problems()[:16]), ("validation.jsonl",
                                                                             tiny.validation_problems()[:8])):
-            (base / name).write_text("".join(json.dumps({"question": q, "answer": str(a)}) + "\n" for q, a in problems))
+            lines = [json.dumps({"question": q, "answer": str(a)}) + "\n" for q, a in problems]
+            (base / name).write_text("".join(lines))
     monkeypatch.setenv("SQLM_CACHE", str(cache))
     return cache
 

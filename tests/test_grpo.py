@@ -68,7 +68,8 @@ def _episodes(tokenizer, completions, advantages=None):
 def test_completion_logprobs_match_cross_entropy(varied_dir):
     model, tokenizer = sampler.load_model(str(varied_dir), torch.device("cpu"))
     eos = tokenizer.eos_token_id
-    completions = [tokenizer("<answer> 12 </answer>")["input_ids"] + [eos], tokenizer("12")["input_ids"] + [eos], [eos]]
+    completions = [tokenizer("<answer> 12 </answer>")["input_ids"] + [eos], tokenizer("12")["input_ids"] + [eos],
+                   [eos]]
     episodes = _episodes(tokenizer, completions)
     temperature = 0.7
     ours = sqlm.completion_logprobs(model, episodes, temperature)
@@ -99,7 +100,8 @@ def test_update_is_token_mean_over_the_mini_batch(varied_dir):
     advantages = [1.0, -0.5, 0.25]
     config = sqlm.Config(beta=0.0, micro_batch_tokens=1, mini_batch_size=8, max_grad_norm=1e9, lr=0.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    sqlm.update_policy(config, model, None, optimizer, _episodes(tokenizer, completions, advantages), torch.device("cpu"))
+    sqlm.update_policy(config, model, None, optimizer, _episodes(tokenizer, completions, advantages),
+                       torch.device("cpu"))
     ours = model.model.embed_tokens.weight.grad.clone()
 
     model.zero_grad()

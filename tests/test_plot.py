@@ -10,7 +10,8 @@ import plot
 def test_labels_name_only_the_flags_that_differ():
     base = {"task": "multiplication", "lr": 1e-6, "seed": 0, "out": "a", "proposer_update_every": 5}
     configs = [base, {**base, "seed": 1, "out": "b"}, {**base, "proposer_update_every": 0, "out": "c"}]
-    assert plot.run_labels(configs) == ["proposer-update-every=5", "proposer-update-every=5", "proposer-update-every=0"]
+    assert plot.run_labels(configs) == ["proposer-update-every=5", "proposer-update-every=5",
+                                        "proposer-update-every=0"]
     assert plot.run_labels([base, {**base, "seed": 3}]) == ["run", "run"]  # seeds alone: one group
 
 

@@ -399,8 +399,7 @@ def test_readme_lists_every_difference():
     """README's table "Where we differ from the release, and why" names every key of DIFFERENCES."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     heading = "Where we differ from the release, and why"
-    if heading not in readme:
-        pytest.skip(f"README has no section {heading!r} yet")
+    assert heading in readme, f"README has no section {heading!r}"
     section = readme.split(heading, 1)[1]
     missing = [key for key in DIFFERENCES if f"`{key}`" not in section]
     assert not missing, f"README's table lacks {missing}"
@@ -414,8 +413,8 @@ RELEASE_PROMPTS = {
     "multiplication_proposer": "Generate a three-digit arithmetic problem (up to three digits). Make sure the numbers "
                                "are not similar and appear unpredictable. Do not solve the problem.",
     # release: examples/data_preprocess/selfplay.py:39-45 (linear_equations_v1)
-    "algebra_proposer": "Create three diverse, challenging algebra word problems that involve linear equations with up "
-                        "to two variables. Use only integers for all coefficients. The problem should be solvable "
+    "algebra_proposer": "Create three diverse, challenging algebra word problems that involve linear equations with "
+                        "up to two variables. Use only integers for all coefficients. The problem should be solvable "
                         "with a unique solution where each variable has a rational (integer or fractional) value. Do "
                         "not solve the problems. Then select the last one and put it in the format: Selected "
                         "Question: <question>",

@@ -45,7 +45,8 @@ def test_chat_template_is_chatml(tokenizer):
     assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == CHATML_HI
     with_system = [{"role": "system", "content": "Be brief."}] + messages + [{"role": "assistant", "content": "yo"}]
     assert tokenizer.apply_chat_template(with_system, tokenize=False) == (
-        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyo<|im_end|>\n"
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+        "<|im_start|>assistant\nyo<|im_end|>\n"
     )
 
 

@@ -45,7 +45,8 @@ def fake_proposals(monkeypatch, tokenizer, texts):
     stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def sample_completions(config, model, tokenizer_, stop_ids, prompts):
-        if prompts and prompts[0] == sampler.chat_prompt_ids(tokenizer, evaluate.read_prompt("multiplication_proposer")):
+        topic = sampler.chat_prompt_ids(tokenizer, evaluate.read_prompt("multiplication_proposer"))
+        if prompts and prompts[0] == topic:
             return [tokenizer(texts[i % len(texts)])["input_ids"] + [stop] for i in range(len(prompts))]
         return real_sample(config, model, tokenizer_, stop_ids, prompts)
 
@@ -57,7 +58,8 @@ def test_rollout_scores_and_masks(varied_dir, monkeypatch):
     # The fourth proposal is whitespace: an invalid question, never solved, masked from the proposer loss.
     fake_proposals(monkeypatch, tokenizer, ["12 * 34", "5 * 6", "7 * 8", "   "])
     config = sqlm.Config(batch_size=2, num_generations=2, max_new_tokens=6, device="cpu")
-    proposer, solver, records, stats = sqlm.rollout(config, model, tokenizer, sampler.stop_token_ids(model, tokenizer), set())
+    stop_ids = sampler.stop_token_ids(model, tokenizer)
+    proposer, solver, records, stats = sqlm.rollout(config, model, tokenizer, stop_ids, set())
     assert len(proposer) == 4 and [e.in_loss for e in proposer] == [True, True, True, False]
     assert len(records) == 3 and len(solver) == 3 * 2
     assert stats["valid_fraction"] == 0.75
@@ -104,7 +106,8 @@ def test_resume_continues_exactly(varied_dir, tmp_path, monkeypatch):
     assert [{k: v for k, v in m.items() if k not in timing} for m in straight] == \
            [{k: v for k, v in m.items() if k not in timing} for m in resumed]
     assert straight[-1]["optimizer_steps"] > 0
-    weights = [sampler.load_model(str(tmp_path / name / "checkpoint"), torch.device("cpu"))[0] for name in ("straight", "resumed")]
+    weights = [sampler.load_model(str(tmp_path / name / "checkpoint"), torch.device("cpu"))[0]
+               for name in ("straight", "resumed")]
     for a, b in zip(*(w.parameters() for w in weights)):
         assert torch.equal(a, b)
 

@@ -49,6 +49,8 @@ class Config:
     num_generations: int = option(4, "samples per prompt for both roles: the GRPO group size (N)", minimum=2)
     proposer_update_every: int = option(5, "train the proposer on steps where step % k == 0 (the solver trains "
                                         "every step); 0 or 'never' = frozen", minimum=0, parse=steps_or_never)
+    proposer_batches: str = option("separate", "the proposer's episodes in mini-batches of their own after the "
+                                   "solver's (the release), or mixed into them", choices=("separate", "mixed"))
     gate: str = option("release", "math proposer reward: 'release' pays 1<k<N, 'paper' pays 0<k<N (k = count of "
                        "the majority answer)", choices=("release", "paper"))
     solver_reward: str = option("majority", "math solver reward: 'majority' (SQLM), 'format' (any parseable answer: "
@@ -298,24 +300,31 @@ def micro_batches(episodes: list[Episode], token_budget: int) -> list[list[Episo
     return batches + [current] if current else batches
 
 
-def update_policy(config: Config, policy, reference, optimizer, episodes: list[Episode], device) -> dict:
-    """One epoch of GRPO over the episodes: shuffled mini-batches, one optimizer step each.
+def update_policy(config: Config, policy, reference, optimizer, episodes: list[Episode], device,
+                  then: list[Episode] = ()) -> dict:
+    """One epoch of GRPO over the episodes, then over `then`: shuffled mini-batches, one optimizer step each.
 
     The loss is token-mean over each mini-batch: every completion token weighs the same, so long answers are
-    not down-weighted per token (the fix GRPO-Zero and Dr. GRPO argue for)."""
+    not down-weighted per token (the fix GRPO-Zero and Dr. GRPO argue for). That is why the proposer's episodes
+    come `then`, in mini-batches of their own, as in the release: mixed into the solver's, a question's few tokens
+    would be averaged with hundreds of answer tokens, and the proposer would hardly learn. The old log-probs of
+    both are taken first, under the policy that sampled them."""
     # bf16 compute on CUDA while the master weights and optimizer state stay fp32.
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")  # noqa: E731
     old, ref = {}, {}  # log-probs under the sampling policy (for the ratio) and the reference (for KL), by episode
     with torch.no_grad(), autocast():
-        for batch in micro_batches(episodes, config.micro_batch_tokens):
+        for batch in micro_batches(list(episodes) + list(then), config.micro_batch_tokens):
             old.update(zip(map(id, batch), completion_logprobs(policy, batch, config.temperature)))
             if reference is not None and config.beta > 0:
                 ref.update(zip(map(id, batch), completion_logprobs(reference, batch, config.temperature)))
-    order = list(range(len(episodes)))
-    random.shuffle(order)
+    mini_batches = []
+    for part in (episodes, then):
+        order = list(range(len(part)))
+        random.shuffle(order)
+        mini_batches += [[part[i] for i in order[begin:begin + config.mini_batch_size]]
+                         for begin in range(0, len(order), config.mini_batch_size)]
     losses, kls, grad_norms, skipped = [], [], [], 0
-    for begin in range(0, len(order), config.mini_batch_size):
-        mini_batch = [episodes[i] for i in order[begin:begin + config.mini_batch_size]]
+    for mini_batch in mini_batches:
         total_tokens = sum(len(e.completion_ids) for e in mini_batch)
         loss_sum, kl_sum = 0.0, 0.0
         optimizer.zero_grad(set_to_none=True)
@@ -402,10 +411,11 @@ def main(argv: list[str] | None = None) -> None:
             update_proposer = pool is None and config.proposer_update_every > 0 and \
                 step % config.proposer_update_every == 0
             trained_proposals = [e for e in proposer_episodes if e.in_loss] if update_proposer else []
-            episodes = solver_episodes + trained_proposals
-            policy.train()
-            update = update_policy(config, policy, reference, optimizer, episodes, device) if episodes else \
-                dict(loss=None, kl=None, grad_norm=None, optimizer_steps=0, skipped_nonfinite=0)  # nothing to learn
+            mixed, then = (trained_proposals, []) if config.proposer_batches == "mixed" else ([], trained_proposals)
+            update = dict(loss=None, kl=None, grad_norm=None, optimizer_steps=0, skipped_nonfinite=0)  # no episodes
+            if solver_episodes or trained_proposals:
+                policy.train()
+                update = update_policy(config, policy, reference, optimizer, solver_episodes + mixed, device, then)
             if sampling is not policy:
                 sampler.copy_weights(policy, sampling)
 

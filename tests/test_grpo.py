@@ -143,3 +143,18 @@ def test_later_mini_batches_see_ratios_away_from_one_and_clip(varied_dir, monkey
     assert torch.allclose(ratios[0], torch.ones_like(ratios[0]))  # the first mini-batch: the sampling policy
     later = torch.cat(ratios[1:])
     assert (later - 1).abs().max() > 0.2  # outside the clip range: clipping is active there
+
+
+def test_the_proposer_gets_mini_batches_of_its_own(varied_dir):
+    """--proposer-batches separate (the release): the proposer's episodes are averaged only with each other, in
+    mini-batches after the solver's; mixed, they share the solver's mini-batches."""
+    model, tokenizer = sampler.load_model(str(varied_dir), torch.device("cpu"))
+    eos = tokenizer.eos_token_id
+    solver = _episodes(tokenizer, [[5, 6, 7, 8, 9, 10, eos]] * 4, [1.0, -1.0, 1.0, -1.0])
+    proposer = _episodes(tokenizer, [[11, eos]] * 4, [1.0, -1.0, 1.0, -1.0])
+    config = sqlm.Config(beta=0.0, mini_batch_size=8, lr=0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    device = torch.device("cpu")
+    separate = sqlm.update_policy(config, model, None, optimizer, solver, device, then=proposer)
+    mixed = sqlm.update_policy(config, model, None, optimizer, solver + proposer, device)
+    assert separate["optimizer_steps"] == 2 and mixed["optimizer_steps"] == 1

@@ -15,6 +15,7 @@ Every accuracy here comes from the project's own sampler (sampler.py), greedy or
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -33,6 +34,9 @@ import tiny
 # question to samples.jsonl, so `overlap` sees them all. The validation set ships with the model.
 DEMO_FLAGS = ["--steps", "30", "--batch-size", "8", "--num-generations", "8", "--lr", "5e-5", "--eval-every", "5",
               "--samples-per-step", "0", "--device", "cpu"]
+# The ladder (--setting ladder) trains its proposer every step: 30 steps at the paper's period of 5 would give it
+# only 6 updates to climb with (the sweep in the README compares the periods).
+SETTING_FLAGS = {"uniform": [], "ladder": ["--proposer-update-every", "1"]}
 
 
 def load(model_dir: str):
@@ -43,31 +47,57 @@ def load(model_dir: str):
 def heldout_correct(model_dir: str, base_dir: Path) -> list[bool]:
     """Greedy right/wrong on each held-out problem of the base (base_dir/test.jsonl), through our sampler."""
     model, tokenizer, stop_ids = load(model_dir)
-    problems = evaluate.load_problems("multiplication", data=str(base_dir / "test.jsonl"))
     budget = evaluate.max_new_tokens("multiplication", model)
-    return evaluate.score(model, tokenizer, "multiplication", problems, stop_ids, budget)["is_correct"]
+    return evaluate.score(model, tokenizer, "multiplication", heldout(base_dir), stop_ids, budget)["is_correct"]
+
+
+def heldout(base_dir: Path) -> list[dict]:
+    return evaluate.load_problems("multiplication", data=str(base_dir / "test.jsonl"))
 
 
 def accuracy(correct: list[bool]) -> float:
     return sum(correct) / len(correct)
 
 
+def by_rung(correct: list[bool], problems: list[dict], name: str) -> dict:
+    """{'rung_R_NAME': accuracy on the problems of rung R} (R = the multiplicand's digits)."""
+    rungs = [tiny.question_rung(p["question"]) for p in problems]
+    return {f"rung_{rung}_{name}": round(accuracy([c for c, r in zip(correct, rungs) if r == rung]), 4)
+            for rung in sorted(set(rungs) - {None})}
+
+
+def asked_rungs(run_dir: str) -> dict:
+    """What the proposer asked over the last third of a run's steps: {'rung_R_share_last_third': share of valid
+    questions of rung R, 'question_digits_last_third': their mean digit count} (from samples.jsonl; None when
+    no valid question was asked then)."""
+    steps = json.loads((Path(run_dir) / "config.json").read_text())["steps"]
+    last = [row["question"] for row in read_samples(run_dir) if row["step"] >= steps - math.ceil(steps / 3)]
+    rungs = [tiny.question_rung(question) for question in last]
+    share = lambda count: round(count / len(last), 4) if last else None  # noqa: E731
+    digits = share(sum(sum(character.isdigit() for character in question) for question in last))
+    return {f"rung_{rung}_share_last_third": share(rungs.count(rung)) for rung in (1, 2, 3)} | \
+        {"question_digits_last_third": digits}
+
+
 # ============================================================================ the demo
 
 
-def run_demo(seed: int, out: str, extra_flags: list[str]) -> dict:
+def run_demo(seed: int, out: str, extra_flags: list[str], setting: str = "uniform") -> dict:
     started = time.time()
-    base = sampler.cache_dir() / tiny.CACHE_NAME  # built below, once the flags are known to be good
+    recipe = tiny.RECIPES[setting]
+    base = sampler.cache_dir() / recipe.cache_name  # built below, once the flags are known to be good
     argv = ["--model", str(base), "--validation-data", str(base / "validation.jsonl"), "--seed", str(seed),
-            "--out", out, *DEMO_FLAGS, *extra_flags]
+            "--out", out, *DEMO_FLAGS, *SETTING_FLAGS[setting], *extra_flags]
     config = sqlm.parse_config(argv)  # bad flags are refused before the minutes of building and measuring below
     if Path(out).exists():  # so is an --out that already holds a run (sqlm.py would refuse it only after them)
         rundir.check_resume(Path(out), dataclasses.asdict(config), config.resume, sqlm.RESUMABLE)
-    tiny.load_or_build_tiny_base()
+    tiny.load_or_build_tiny_base(recipe=recipe)
     before = heldout_correct(str(base), base)
     sqlm.main(argv)
-    result = dict(seed=seed, out=out, heldout_problems=len(before), accuracy_before=accuracy(before),
-                  accuracy_after=accuracy(heldout_correct(str(Path(out) / "checkpoint"), base)))
+    after = heldout_correct(str(Path(out) / "checkpoint"), base)
+    result = dict(seed=seed, out=out, setting=setting, heldout_problems=len(before), accuracy_before=accuracy(before),
+                  accuracy_after=accuracy(after), **by_rung(before, heldout(base), "accuracy_before"),
+                  **by_rung(after, heldout(base), "accuracy_after"), **asked_rungs(out))
     if (Path(out) / "checkpoint-best").exists():  # chosen on the validation problems, never on these
         result["accuracy_best_by_validation"] = accuracy(heldout_correct(str(Path(out) / "checkpoint-best"), base))
     result["seconds"] = round(time.time() - started, 1)
@@ -78,12 +108,12 @@ def run_demo(seed: int, out: str, extra_flags: list[str]) -> dict:
 # ============================================================================ reports
 
 
-def base_report(votes: int = 8, temperature: float = 1.0, seed: int = 0) -> dict:
-    """What matters for self-play, on the 500 held-out problems: greedy accuracy; one sample at `temperature`
+def base_report(votes: int = 8, temperature: float = 1.0, seed: int = 0, setting: str = "uniform") -> dict:
+    """What matters for self-play, on the held-out problems: greedy accuracy; one sample at `temperature`
     (averaged over `votes` samples a problem), overall and per solution style; the majority of `votes` samples
-    (the pseudo-label self-play trains towards), overall and on the questions the proposer is paid for; and
-    what the model proposes from the proposer prompt."""
-    base = tiny.load_or_build_tiny_base()
+    (the pseudo-label self-play trains towards), overall and on the questions the proposer is paid for; the same
+    per rung; and what the model proposes from the proposer prompt (and of which rung)."""
+    base = tiny.load_or_build_tiny_base(recipe=tiny.RECIPES[setting])
     model, tokenizer, stop_ids = load(str(base))
     problems = evaluate.load_problems("multiplication", data=str(base / "test.jsonl"))
     budget = evaluate.max_new_tokens("multiplication", model)
@@ -109,7 +139,16 @@ def base_report(votes: int = 8, temperature: float = 1.0, seed: int = 0) -> dict
     proposal_texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in proposals]
     operands = [tiny.parse_operands(text) for text in proposal_texts]
     mean = lambda values: round(sum(values) / len(values), 3) if values else None  # noqa: E731
-    return {
+    rungs = [tiny.question_rung(p["question"]) for p in problems]
+    proposed = [tiny.question_rung(text) for text in proposal_texts]
+    per_rung = {f"rung_{rung}": {"problems": rungs.count(rung),
+                                 "greedy_accuracy": mean([g for g, r in zip(greedy, rungs) if r == rung]),
+                                 f"majority_of_{votes}_accuracy": mean([m for m, r in zip(majority_right, rungs)
+                                                                        if r == rung]),
+                                 "proposer_paid_share": mean([p for p, r in zip(paid, rungs) if r == rung]),
+                                 "share_of_proposals": mean([r == rung for r in proposed])}
+                for rung in sorted(set(rungs) - {None})}
+    return per_rung | {
         "greedy_accuracy": mean(greedy),
         "sample_accuracy": mean(right),
         "sample_worked_share": mean(worked),
@@ -154,7 +193,7 @@ def heldout_overlap(run_dir) -> dict:
     """Did self-play simply practise the test questions? The proposer may ask anything, held-out operand pairs
     included (it never sees their answers). Split the held-out problems into those asked during the run (as
     "a * b" or "b * a") and those never asked, and score the base and the run's final checkpoint on each."""
-    base = tiny.load_or_build_tiny_base()
+    base = Path(json.loads((Path(run_dir) / "config.json").read_text())["model"])  # the run's own base
     questions = [row["question"] for row in read_samples(run_dir)]
     asked = {frozenset(pair) for pair in map(tiny.parse_operands, questions) if pair}
     heldout = evaluate.load_problems("multiplication", data=str(base / "test.jsonl"))
@@ -190,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
                "--help); report, styles and overlap are the reports above.")
     parser.add_argument("--seed", type=int, default=0, help="seed of the self-play run (and of the report's samples)")
     parser.add_argument("--out", default="runs/tiny-demo", help="the run directory (run writes it, reports read it)")
+    if command in ("run", "report"):
+        parser.add_argument("--setting", default="uniform", choices=sorted(tiny.RECIPES),
+                            help="uniform: the README's demo; ladder: the curriculum demo (tiny.py's recipes)")
     if command == "report":
         parser.add_argument("--votes", type=int, default=8, help="samples per problem")
         parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
@@ -200,9 +242,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"no samples.jsonl in {args.out!r}: pass the run directory of a demo with --out")
     torch.set_num_threads(min(2, os.cpu_count() or 1))  # the demo's budget: 2 CPU cores
     if command == "run":
-        print(json.dumps(run_demo(args.seed, args.out, extra)))
+        print(json.dumps(run_demo(args.seed, args.out, extra, args.setting)))
     elif command == "report":
-        print(json.dumps(base_report(args.votes, args.temperature, args.seed)))
+        print(json.dumps(base_report(args.votes, args.temperature, args.seed, args.setting)))
     else:
         for line in style_report(args.out) if command == "styles" else [heldout_overlap(args.out)]:
             print(json.dumps(line))

@@ -17,8 +17,10 @@ import json
 import os
 import random
 import re
+import sys
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -207,14 +209,44 @@ def save_model_dir(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, 
 # Training stops early (1,250 steps), when greedy decoding solves about 60% of unseen problems (65% of the
 # test problems), leaving room for self-play.
 
-TINY_BASE_VERSION = "v2"  # bump when anything below changes what gets built; the cache directory is keyed on it
+MULTIPLIERS = range(2, 10)  # every problem is "<multiplicand> * <one-digit multiplier>"
 
-# The problems: a two- or three-digit number times a one-digit number, "372 * 8". That is 990 * 8 = 7,920
-# problems, enough to hold out 500 distinct test problems, and small enough for a 2-layer model to learn
-# part of in a few minutes. (Two-digit by two-digit problems were tried first, in base v1: the tiny model
-# could not learn them in minutes, and its majority vote on them was mostly wrong - see the README.)
-MULTIPLICANDS = range(10, 1000)
-MULTIPLIERS = range(2, 10)
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a tiny base learns in pretraining, and which problems it never sees. Two recipes:
+
+    UNIFORM (the README's CPU demo): a two- or three-digit number times a one-digit number, "372 * 8", uniform
+      over all 990 * 8 = 7,920 problems, for both roles. Small enough for a 2-layer model to learn part of in a
+      few minutes, large enough to hold out 500 distinct test problems. (Two-digit by two-digit problems were
+      tried first, in base v1: the tiny model could not learn them in minutes, and its majority vote on them was
+      mostly wrong: see the README.)
+    LADDER (the curriculum demo): rungs by the multiplicand's digits, 1 (the times table), 2 and 3. The proposer
+      is pretrained to ask mostly rung-1 questions, which the solver knows by heart (too easy: all votes agree);
+      the solver sees every rung, rung 3 most, and still solves only part of it. A proposer that learns where
+      its reward is moves up the ladder; a frozen one keeps asking the times table.
+
+    rungs: digits -> the multiplicands of that rung. proposer_weights / solver_weights: how often pretraining
+    draws each rung for each role (None: uniform over all problems, for both roles). heldout / validation:
+    problems held out per rung (None: every problem of the rung in that split), or None for `n` uniform ones."""
+    cache_name: str  # the directory in the sqlm cache; a changed recipe must get a new name
+    alias: str  # --model ALIAS finds it (sampler.model_location)
+    rungs: dict
+    proposer_weights: dict | None = None
+    solver_weights: dict | None = None
+    heldout: dict | None = None
+    validation: dict | None = None
+
+    @property
+    def multiplicands(self) -> range:
+        return range(min(r.start for r in self.rungs.values()), max(r.stop for r in self.rungs.values()))
+
+
+UNIFORM = Recipe("tiny-multiplication-base-v2", "tiny", {2: range(10, 100), 3: range(100, 1000)})
+LADDER = Recipe("tiny-ladder-base-v3", "tiny-ladder", {1: range(2, 10), 2: range(10, 100), 3: range(100, 1000)},
+                proposer_weights={1: 0.80, 2: 0.15, 3: 0.05}, solver_weights={1: 0.10, 2: 0.30, 3: 0.60},
+                heldout={1: None, 2: None, 3: 400}, validation={1: None, 2: 64, 3: 186})
+RECIPES = {"uniform": UNIFORM, "ladder": LADDER}
 
 # Problems are split by operand pair into buckets with a stable hash (crc32, unlike Python's salted hash()):
 TEST_BUCKET = 0  # held out: `heldout_problems` draws from these pairs only; pretraining never sees them
@@ -222,9 +254,14 @@ VALIDATION_BUCKET = 1  # held out too: used by self-play to pick its best checkp
 NUM_BUCKETS = 10  # so 10% of pairs are test, 10% validation, 80% training
 
 
-def sample_problem(rng: random.Random) -> tuple[str, int]:
-    """One multiplication problem -> (question text like "372 * 8", answer), uniform over all 7,920."""
-    a, b = rng.choice(MULTIPLICANDS), rng.choice(MULTIPLIERS)
+def sample_problem(rng: random.Random, recipe: Recipe = UNIFORM, weights: dict | None = None) -> tuple[str, int]:
+    """One problem -> (question text like "372 * 8", answer): a rung drawn with `weights`, then uniform within
+    it; without weights, uniform over all of the recipe's problems."""
+    if weights is None:
+        a = rng.choice(recipe.multiplicands)
+    else:
+        a = rng.choice(recipe.rungs[rng.choices(list(weights), weights=list(weights.values()))[0]])
+    b = rng.choice(MULTIPLIERS)
     return f"{a} * {b}", a * b
 
 
@@ -232,6 +269,16 @@ def parse_operands(question: str) -> tuple[int, int] | None:
     """ "37 * 8" -> (37, 8); anything not of the form `<int> * <int>` -> None."""
     match = re.fullmatch(r"\s*(\d+) \* (\d+)\s*", question)
     return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def question_rung(question: str | None) -> int | None:
+    """A question's rung: the digits of its larger operand when the other is a one-digit multiplier ("372 * 8"
+    -> 3, "8 * 37" -> 2, "7 * 8" -> 1); None for anything else (unparseable, a factor 0 or 1, 4+ digits)."""
+    pair = parse_operands(question) if question else None
+    if pair is None:
+        return None
+    large, small = max(pair), min(pair)
+    return len(str(large)) if small in MULTIPLIERS and len(str(large)) <= 3 else None
 
 
 def problem_bucket(question: str) -> int:
@@ -242,34 +289,41 @@ def problem_bucket(question: str) -> int:
     return zlib.crc32(key.encode()) % NUM_BUCKETS
 
 
-def sample_problem_in(rng: random.Random, buckets: set[int], inside: bool) -> tuple[str, int]:
-    """`sample_problem`, redrawn until its bucket is (inside=True) or is not (inside=False) in `buckets`.
-    Rejection sampling keeps the difficulty mix identical across the training, validation and test splits."""
-    while True:
-        question, answer = sample_problem(rng)
-        if (problem_bucket(question) in buckets) == inside:
-            return question, answer
-
-
-def bucket_problems(bucket: int) -> list[tuple[str, int]]:
-    """Every problem of the distribution whose operand pair falls in `bucket`, in a fixed order."""
-    problems = [(f"{a} * {b}", a * b) for a in MULTIPLICANDS for b in MULTIPLIERS]
+def bucket_problems(bucket: int, multiplicands: range) -> list[tuple[str, int]]:
+    """Every problem with these multiplicands whose operand pair falls in `bucket`, in a fixed order."""
+    problems = [(f"{a} * {b}", a * b) for a in multiplicands for b in MULTIPLIERS]
     return [(question, answer) for question, answer in problems if problem_bucket(question) == bucket]
 
 
-def heldout_problems(n: int = 500, seed: int = 1234) -> list[tuple[str, int]]:
-    """`n` distinct test problems, from operand pairs that pretraining never saw in any role."""
-    return random.Random(seed).sample(bucket_problems(TEST_BUCKET), n)
+def held_out(recipe: Recipe, bucket: int, per_rung: dict | None, n: int, seed: int) -> list[tuple[str, int]]:
+    """Distinct problems of one held-out bucket: `n` drawn uniformly, or per_rung[rung] of each rung (None: all)."""
+    rng = random.Random(seed)
+    if per_rung is None:
+        return rng.sample(bucket_problems(bucket, recipe.multiplicands), n)
+    chosen = []
+    for rung, count in per_rung.items():
+        pool = bucket_problems(bucket, recipe.rungs[rung])
+        chosen += pool if count is None else rng.sample(pool, count)
+    return chosen
 
 
-def validation_problems(n: int = 256, seed: int = 4321) -> list[tuple[str, int]]:
-    """`n` distinct problems disjoint from both training and test pairs (for choosing checkpoints)."""
-    return random.Random(seed).sample(bucket_problems(VALIDATION_BUCKET), n)
+def heldout_problems(recipe: Recipe = UNIFORM, n: int = 500) -> list[tuple[str, int]]:
+    """The test problems: operand pairs that pretraining never saw, in any role."""
+    return held_out(recipe, TEST_BUCKET, recipe.heldout, n, seed=1234)
 
 
-def sample_training_problem(rng: random.Random) -> tuple[str, int]:
-    """A problem for pretraining: never from the test or validation buckets."""
-    return sample_problem_in(rng, {TEST_BUCKET, VALIDATION_BUCKET}, inside=False)
+def validation_problems(recipe: Recipe = UNIFORM, n: int = 256) -> list[tuple[str, int]]:
+    """Problems disjoint from both training and test pairs, for choosing checkpoints."""
+    return held_out(recipe, VALIDATION_BUCKET, recipe.validation, n, seed=4321)
+
+
+def sample_training_problem(rng: random.Random, recipe: Recipe = UNIFORM, weights: dict | None = None):
+    """A problem for pretraining, redrawn until it is from neither the test nor the validation buckets
+    (rejection sampling keeps the mix of the splits identical)."""
+    while True:
+        question, answer = sample_problem(rng, recipe, weights)
+        if problem_bucket(question) not in (TEST_BUCKET, VALIDATION_BUCKET):
+            return question, answer
 
 
 # ----------------------------------------------------------------------------- transcripts
@@ -298,7 +352,7 @@ def solver_completion(question: str, answer: int, worked: bool) -> str:
     style is better. (Base v1 wrote each problem one way only, and had two-digit multipliers; its majority
     vote was mostly wrong where the proposer was paid, and self-play did not lift it: see the README.)"""
     a, b = parse_operands(question)
-    if worked:
+    if worked and a >= 10:  # a one-digit multiplicand has nothing to work out: the times table is quick only
         digits = str(a)
         # 372 -> [300, 70, 2]; zero digits are skipped (305 -> [300, 5]).
         parts = [int(d) * 10 ** (len(digits) - 1 - i) for i, d in enumerate(digits) if d != "0"]
@@ -428,6 +482,7 @@ def teacher_forced_exact_match(model, tokenizer, problems: list[tuple[str, int]]
 
 def pretrain_tiny_base(
     out_dir,
+    recipe: Recipe = UNIFORM,
     seed: int = 0,
     max_steps: int = 1250,
     eval_every: int = 250,
@@ -464,13 +519,19 @@ def pretrain_tiny_base(
     # whole proposer prompt but its last token (whose logit must predict the proposal's first token).
     solver_prefix = solver_prefix_ids(tokenizer)
     proposer_prefix = sampler.chat_prompt_ids(tokenizer, proposer_prompt_text())[:-1]
-    validation = validation_problems()
+    validation = validation_problems(recipe)
     started = time.time()
     for step in range(1, max_steps + 1):
         solver_examples, proposer_examples = [], []
         for _ in range(batch_size):
-            question, answer = sample_training_problem(rng)
-            if rng.random() < proposer_fraction:
+            if recipe.proposer_weights is None:  # uniform: the problem, then the role that gets it
+                question, answer = sample_training_problem(rng, recipe)
+                proposer = rng.random() < proposer_fraction
+            else:  # per-role rung mix: the role, then a problem from its mix
+                proposer = rng.random() < proposer_fraction
+                weights = recipe.proposer_weights if proposer else recipe.solver_weights
+                question, answer = sample_training_problem(rng, recipe, weights)
+            if proposer:
                 proposer_examples.append(transcript_ids(tokenizer, proposer_prompt_text(), question))
             else:
                 worked = style_rng.random() < worked_fraction
@@ -497,16 +558,15 @@ def pretrain_tiny_base(
 
 
 MAX_NEW_TOKENS = 80  # the response budget written into generation_config: the longest solution is 66 tokens
-CACHE_NAME = f"tiny-multiplication-base-{TINY_BASE_VERSION}"  # its directory in the sqlm cache
-ALIAS = "tiny"  # `--model tiny` finds the built model through this link in the cache (sampler.model_location)
 
 
-def finish_model_dir(path: Path) -> None:
+def finish_model_dir(path: Path, recipe: Recipe = UNIFORM) -> None:
     """What the model directory carries besides the weights: the demo's held-out problems as JSON lines, test.jsonl
     (for evaluate.py --data) and validation.jsonl (for sqlm.py --validation-data), and the response budget in
     generation_config.json. Written when missing, so a base built by an older version of this file (same
     weights) gets them too; the split is fixed, so rewriting never changes them."""
-    for name, problems in (("test.jsonl", heldout_problems()), ("validation.jsonl", validation_problems())):
+    for name, problems in (("test.jsonl", heldout_problems(recipe)),
+                           ("validation.jsonl", validation_problems(recipe))):
         if not (path / name).exists():
             tmp = path / f"{name}.tmp"
             tmp.write_text("".join(json.dumps({"question": q, "answer": str(a)}) + "\n" for q, a in problems))
@@ -517,26 +577,26 @@ def finish_model_dir(path: Path) -> None:
         config.save_pretrained(path)
 
 
-def load_or_build_tiny_base(cache_dir=None, log=print) -> Path:
-    """Directory of the tiny pretrained multiplication base, building it (a few minutes on 2 CPU cores) the first
-    time. The directory name carries TINY_BASE_VERSION, so a changed recipe never reuses a stale build. Two
-    first runs at once do not race: the second waits for the first one's build, then uses it."""
+def load_or_build_tiny_base(cache_dir=None, log=print, recipe: Recipe = UNIFORM) -> Path:
+    """Directory of a tiny pretrained multiplication base, building it (a few minutes on 2 CPU cores) the first
+    time. Each recipe has its own directory name, so a changed recipe never reuses a stale build. Two first
+    runs at once do not race: the second waits for the first one's build, then uses it."""
     cache_dir = Path(cache_dir) if cache_dir is not None else sampler.cache_dir()
-    path = cache_dir / CACHE_NAME
+    path = cache_dir / recipe.cache_name
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with (cache_dir / f".{CACHE_NAME}.lock").open("a") as lock:
+    with (cache_dir / f".{recipe.cache_name}.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # held until this build (or someone else's) is done
         if not (path / "config.json").exists():
             log(f"building the tiny base once into {path} (a few minutes on 2 cores)")
             # Build into a temporary sibling and rename at the end: an interrupted build is never mistaken for
             # a finished one.
             partial = cache_dir / f"{path.name}.partial-{os.getpid()}"
-            pretrain_tiny_base(partial, log=log)
+            pretrain_tiny_base(partial, recipe, log=log)
             partial.rename(path)
-        finish_model_dir(path)
-        alias = cache_dir / ALIAS
+        finish_model_dir(path, recipe)
+        alias = cache_dir / recipe.alias  # --model ALIAS finds it
         if not alias.is_symlink() or os.readlink(alias) != path.name:
-            tmp = cache_dir / f".{ALIAS}.{os.getpid()}"
+            tmp = cache_dir / f".{recipe.alias}.{os.getpid()}"
             tmp.unlink(missing_ok=True)
             tmp.symlink_to(path.name)  # relative, so the cache can move
             tmp.replace(alias)
@@ -545,5 +605,6 @@ def load_or_build_tiny_base(cache_dir=None, log=print) -> Path:
 
 if __name__ == "__main__":
     torch.set_num_threads(min(2, os.cpu_count() or 1))  # the demo's budget: 2 CPU cores
+    recipe = RECIPES[sys.argv[1] if len(sys.argv) > 1 else "uniform"]
     started = time.time()
-    print(f"{load_or_build_tiny_base()} ({time.time() - started:.0f} s)")
+    print(f"{load_or_build_tiny_base(recipe=recipe)} ({time.time() - started:.0f} s)")

@@ -15,7 +15,7 @@ def small_cache(tmp_path_factory, monkeypatch):
     """A sqlm cache holding a stand-in for the tiny base: the real recipe, 2 pretraining steps, tiny sizes, and
     short held-out files (16 test, 8 validation problems), so that scoring it takes seconds."""
     cache = tmp_path_factory.getbasetemp() / "demo_cache"
-    base = cache / tiny.CACHE_NAME
+    base = cache / tiny.UNIFORM.cache_name
     if not base.exists():
         tiny.pretrain_tiny_base(base, max_steps=2, eval_every=1, batch_size=8, log=lambda line: None, **TINY_SIZES)
         for name, problems in (("test.jsonl", tiny.heldout_problems()[:16]), ("validation.jsonl",
@@ -32,7 +32,11 @@ def test_demo_runs_end_to_end_and_writes_its_result(small_cache, tmp_path, capsy
                "--eval-every", "1", "--eval-limit", "4", "--max-new-tokens", "8"])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed == json.loads((out / "result.json").read_text())
-    assert printed["heldout_problems"] == 16 and printed["seed"] == 0
+    assert printed["heldout_problems"] == 16 and printed["seed"] == 0 and printed["setting"] == "uniform"
+    # Per rung (2- and 3-digit multiplicands here): accuracies, and what the proposer asked in the last third.
+    assert {"rung_2_accuracy_before", "rung_3_accuracy_after", "rung_1_share_last_third"} <= set(printed)
+    shares = [printed[f"rung_{rung}_share_last_third"] for rung in (1, 2, 3)]
+    assert shares == [None] * 3 or sum(shares) <= 1.0
     for key in ("accuracy_before", "accuracy_after", "accuracy_best_by_validation"):
         assert 0.0 <= printed[key] <= 1.0
     config = json.loads((out / "config.json").read_text())
@@ -67,3 +71,11 @@ def test_style_report_counts_worked_answers_per_window(tmp_path):
         {"steps": "0-1", "answers": 4, "worked_share": 0.75, "worked_right": round(2 / 3, 3), "quick_right": 0.0},
         {"steps": "2-3", "answers": 1, "worked_share": 0.0, "worked_right": None, "quick_right": 1.0},
     ]
+
+
+def test_asked_rungs_reads_the_last_third_of_the_steps(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"steps": 6}))
+    rows = [(0, "372 * 8"), (3, "7 * 8"), (4, "37 * 8"), (5, "372 * 8"), (5, "123 * 4")]  # steps 4, 5: the last third
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps({"step": s, "question": q}) + "\n" for s, q in rows))
+    assert demo.asked_rungs(str(tmp_path)) == {"rung_1_share_last_third": 0.0, "rung_2_share_last_third": 0.3333,
+                                               "rung_3_share_last_third": 0.6667, "question_digits_last_third": 3.6667}

@@ -112,9 +112,9 @@ def test_sample_problem_distribution():
 
 
 def test_heldout_problems_never_come_from_training_pairs():
-    heldout = tiny.heldout_problems(500)
+    heldout = tiny.heldout_problems()
     assert len(heldout) == 500 and len(set(heldout)) == 500  # 500 distinct problems, not 500 draws
-    assert heldout == tiny.heldout_problems(500)  # deterministic
+    assert heldout == tiny.heldout_problems()  # deterministic
     heldout_pairs = {frozenset(tiny.parse_operands(q)) for q, _ in heldout}
     rng = random.Random(0)
     training_pairs = {frozenset(tiny.parse_operands(tiny.sample_training_problem(rng)[0])) for _ in range(5000)}
@@ -144,7 +144,7 @@ def test_every_solution_fits_the_response_budget():
     tokenizer = tiny.base_tokenizer()
     longest = max(
         len(tokenizer.encode(tiny.solver_completion(f"{a} * {b}", a * b, worked=True), add_special_tokens=False))
-        for a in tiny.MULTIPLICANDS
+        for a in tiny.UNIFORM.multiplicands
         for b in tiny.MULTIPLIERS
     )
     assert longest + 1 <= tiny.MAX_NEW_TOKENS  # + 1 for the closing <|im_end|>
@@ -235,7 +235,7 @@ def test_tiny_base_builds_saves_and_loads(tmp_path, monkeypatch):
     # load_or_build reuses a finished build in the cache instead of training again, adds its data files, and
     # links `tiny` to it, so --model tiny loads it.
     monkeypatch.setenv("SQLM_CACHE", str(tmp_path / "cache"))
-    cached = tmp_path / "cache" / tiny.CACHE_NAME
+    cached = tmp_path / "cache" / tiny.UNIFORM.cache_name
     cached.parent.mkdir()
     path.rename(cached)
     # A base built by an older tiny.py has the same weights but no budget in its generation config: it gets it.
@@ -256,7 +256,7 @@ def test_concurrent_first_builds_wait_for_each_other(tmp_path):
     """Two first runs at once: one builds, the other waits for it and uses its build (no race, no second build)."""
     script = (
         "import sys, time, tiny\n"
-        "def build(path, log=print):\n"
+        "def build(path, recipe, log=print):\n"
         "    print('FAKE-BUILD', flush=True)\n"
         "    time.sleep(1.5)\n"
         "    path.mkdir(parents=True)\n"
@@ -271,9 +271,9 @@ def test_concurrent_first_builds_wait_for_each_other(tmp_path):
     outputs = [run.communicate(timeout=120)[0] for run in runs]
     assert all(run.returncode == 0 for run in runs)
     assert sum(output.count("FAKE-BUILD") for output in outputs) == 1
-    assert all(output.strip().endswith(tiny.CACHE_NAME) for output in outputs)
+    assert all(output.strip().endswith(tiny.UNIFORM.cache_name) for output in outputs)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")) == \
-        sorted([tiny.CACHE_NAME, "tiny"])  # no partial build left behind
+        sorted([tiny.UNIFORM.cache_name, "tiny"])  # no partial build left behind
 
 
 def test_shared_prefix_forward_scores_the_first_reply_token():
@@ -291,3 +291,25 @@ def test_shared_prefix_forward_scores_the_first_reply_token():
         plain_loss = model(**tiny.pad_batch(examples, tokenizer.pad_token_id)).loss
     assert tokens == len(tokenizer.encode("37 * 8", add_special_tokens=False)) + 1
     assert torch.allclose(shared_loss / tokens, plain_loss, atol=1e-5)
+
+
+def test_question_rung():
+    assert [tiny.question_rung(q) for q in ("7 * 8", "37 * 8", "8 * 37", "372 * 8", "3720 * 8", "37 * 1", "x", None)] \
+        == [1, 2, 2, 3, None, None, None, None]
+
+
+def test_ladder_recipe_splits_and_role_mixes():
+    """The curriculum demo's base: held-out problems per rung, never from training pairs; the proposer is
+    pretrained mostly on the times table, the solver mostly on the hard rung."""
+    ladder = tiny.LADDER
+    heldout, validation = tiny.heldout_problems(ladder), tiny.validation_problems(ladder)
+    rungs = [tiny.question_rung(q) for q, _ in heldout]
+    assert (rungs.count(1), rungs.count(2), rungs.count(3)) == (11, 71, 400) and len(set(heldout)) == 482
+    pairs = lambda problems: {frozenset(tiny.parse_operands(q)) for q, _ in problems}  # noqa: E731
+    assert not pairs(heldout) & pairs(validation)
+    rng = random.Random(0)
+    for weights, rung, low, high in ((ladder.proposer_weights, 1, 0.75, 0.85), (ladder.solver_weights, 3, 0.55, 0.65)):
+        drawn = [tiny.sample_training_problem(rng, ladder, weights) for _ in range(2000)]
+        assert not pairs(drawn) & (pairs(heldout) | pairs(validation))
+        assert low < [tiny.question_rung(q) for q, _ in drawn].count(rung) / 2000 < high
+    assert tiny.solver_completion("7 * 8", 56, worked=True) == "<think> 7 * 8 = 56 </think> <answer> 56 </answer>"

@@ -164,15 +164,15 @@ def read_metrics(path: Path) -> list[dict]:
     return [row for row in rows if isinstance(row, dict)]
 
 
-def in_band_last_third(rows: list[dict]) -> float | None:
-    """Mean of `in_band` (the share of questions the proposer is paid for) over the last third of training.
+def in_band_last_third(rows: list[dict], key: str = "in_band") -> float | None:
+    """Mean of `in_band` (the share of questions the proposer is paid for), or of another per-step `key` of
+    metrics.jsonl, over the last third of training.
 
-    Exactly: keep the lines that have a numeric `step` and a numeric `in_band` (a repeated step keeps its last
-    line); sort them by step; S = how many there are; average `in_band` over the last ceil(S / 3) of them. For
-    steps 0..29 that is steps 20..29. None when no line has in_band. Counting lines rather than step numbers
+    Exactly: keep the lines that have a numeric `step` and a numeric `key` (a repeated step keeps its last
+    line); sort them by step; S = how many there are; average `key` over the last ceil(S / 3) of them. For
+    steps 0..29 that is steps 20..29. None when no line has it. Counting lines rather than step numbers
     keeps the last third non-empty for any S >= 1 and does not assume the steps start at 0."""
-    by_step = {row["step"]: row["in_band"] for row in rows
-               if is_number(row.get("step")) and is_number(row.get("in_band"))}
+    by_step = {row["step"]: row[key] for row in rows if is_number(row.get("step")) and is_number(row.get(key))}
     if not by_step:
         return None
     shares = [by_step[step] for step in sorted(by_step)]
@@ -182,7 +182,8 @@ def in_band_last_third(rows: list[dict]) -> float | None:
 def run_values(result: dict, rows: list[dict] | None, extra_metrics: list[str]) -> dict[str, float]:
     """Every metric one finished run has, as {name: fraction}. A metric the run lacks is simply absent.
 
-    Extra metrics come from result.json by name. For an extra KEY = X_after whose X_before is also in
+    Extra metrics come from result.json by name; one it lacks named X_last_third is the mean of metrics.jsonl's
+    per-step X over the last third of the steps (as in_band_last_third). For an extra KEY = X_after whose X_before is also in
     result.json, X_gain = X_after - X_before is added too (hard_accuracy_after -> hard_accuracy_gain)."""
     values = {}
     if is_number(result.get("accuracy_after")):
@@ -197,6 +198,10 @@ def run_values(result: dict, rows: list[dict] | None, extra_metrics: list[str]) 
     for key in extra_metrics:
         if is_number(result.get(key)):
             values[key] = float(result[key])
+        elif key.endswith("_last_third") and rows is not None:  # a per-step metrics.jsonl key, like in_band
+            mean = in_band_last_third(rows, key.removesuffix("_last_third"))
+            if mean is not None:
+                values[key] = mean
         before = key.removesuffix("_after") + "_before"
         if key.endswith("_after") and is_number(result.get(key)) and is_number(result.get(before)):
             values[key.removesuffix("_after") + "_gain"] = float(result[key] - result[before])
@@ -402,7 +407,8 @@ def parse_command_line(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--baseline", help="arm the others are compared with (default: the first arm)")
     parser.add_argument("--command", help="the run command (default: python demo.py next to sweep.py)")
     parser.add_argument("--metric", action="extend", nargs="+", default=[], metavar="KEY",
-                        help="more result.json keys to tabulate (X_after also gives X_gain when X_before exists)")
+                        help="more result.json keys to tabulate (X_after also gives X_gain when X_before exists); "
+                             "X_last_third: metrics.jsonl's X averaged over the last third of the steps")
     parser.add_argument("--ci", choices=["t", "bootstrap"], default="t", help="interval method (default t)")
     parser.add_argument("--no-plots", action="store_true", help="skip the overlay plots")
     mode = parser.add_mutually_exclusive_group()

@@ -313,3 +313,13 @@ def test_a_failing_plot_does_not_fail_the_sweep(tmp_path, monkeypatch, capsys):
     (tmp_path / "run").mkdir()  # no config.json: plot.py exits with an error
     sweep.plot_overlay(tmp_path, [tmp_path / "run"])
     assert "plots failed" in capsys.readouterr().out
+
+
+def test_last_third_of_any_per_step_metric():
+    """An extra metric X_last_third that result.json lacks is metrics.jsonl's X over the last third of the steps;
+    one that result.json has is taken from there."""
+    rows = [{"step": s, "in_band": 0.5, "pseudo_label_accuracy": s / 10} for s in range(6)]  # last third: 4, 5
+    values = sweep.run_values({"rung_3_share_last_third": 0.9}, rows,
+                              ["pseudo_label_accuracy_last_third", "rung_3_share_last_third", "absent_last_third"])
+    assert values == pytest.approx({"in_band_last_third": 0.5, "pseudo_label_accuracy_last_third": 0.45,
+                                    "rung_3_share_last_third": 0.9})

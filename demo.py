@@ -4,8 +4,13 @@
     python demo.py report                               # what the tiny base can do before self-play
     python demo.py styles --out runs/tiny-demo-0        # how the run's solution style changed (quick vs worked)
     python demo.py overlap --out runs/tiny-demo-0       # is the gain only on test questions self-play asked?
+    python demo.py --setting ladder --seed 0 --out runs/ladder-0   # the curriculum demo (tiny.py's ladder)
 
-The demo builds the tiny base once (tiny.py, a few minutes), measures greedy accuracy on its 500 held-out
+`--setting` (run and report) picks the base: `uniform` (the README's demo) or `ladder`, whose proposer starts on
+the times table and has to climb to the rungs where the solver can learn (tiny.Recipe). The ladder's result.json
+adds accuracy per rung and the rungs the proposer asked over the last third of the steps.
+
+The demo builds the tiny base once (tiny.py, a few minutes), measures greedy accuracy on its held-out
 problems (evaluate.py on MODEL/test.jsonl), runs sqlm.py on it exactly as on a Qwen model (no labels anywhere;
 flags below, and any extra flags are passed on), and measures again: the final checkpoint, and the best one by
 validation accuracy. Its last line is JSON, also written to OUT/result.json (which sweep.py reads).

@@ -183,8 +183,9 @@ def run_values(result: dict, rows: list[dict] | None, extra_metrics: list[str]) 
     """Every metric one finished run has, as {name: fraction}. A metric the run lacks is simply absent.
 
     Extra metrics come from result.json by name; one it lacks named X_last_third is the mean of metrics.jsonl's
-    per-step X over the last third of the steps (as in_band_last_third). For an extra KEY = X_after whose X_before is also in
-    result.json, X_gain = X_after - X_before is added too (hard_accuracy_after -> hard_accuracy_gain)."""
+    per-step X over the last third of the steps (as in_band_last_third). For an extra KEY = X_after whose
+    X_before is also in result.json, X_gain = X_after - X_before is added too (hard_accuracy_after ->
+    hard_accuracy_gain)."""
     values = {}
     if is_number(result.get("accuracy_after")):
         values["accuracy_after"] = float(result["accuracy_after"])

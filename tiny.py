@@ -1,13 +1,15 @@
 """The CPU demo's model, built offline: a tiny Qwen2-architecture chat model pretrained for a few minutes to
 propose and solve multiplication problems in the project's own prompt format, so that self-play has something
-to improve on a laptop. `python tiny.py` builds it (or finds it built) and prints its directory.
+to improve on a laptop. `python tiny.py` builds it (or finds it built) and prints its directory;
+`python tiny.py ladder` does the same for the curriculum demo's base (see Recipe).
 
 What the directory holds, like any model directory, plus the demo's data:
   config.json, model.safetensors, tokenizer files   what from_pretrained reads
   generation_config.json                            stop tokens, and max_new_tokens = 80 (its longest answer + 1)
   test.jsonl, validation.jsonl                      held-out problems (evaluate.py --data, sqlm.py --validation-data)
 
-Built once into the sqlm cache ($SQLM_CACHE, else ~/.cache/sqlm), where `--model tiny` finds it (sampler.py).
+Built once into the sqlm cache ($SQLM_CACHE, else ~/.cache/sqlm), where `--model tiny` (`--model tiny-ladder`)
+finds it (sampler.py).
 Also here: `build_tokenizer`, a byte-level BPE tokenizer with Qwen2.5's special tokens, digit splitting and
 ChatML chat template, which the tests' tiny random models use too (tests/tiny_model.py).
 """

@@ -49,15 +49,16 @@ def load(model_dir: str):
     return model.eval(), tokenizer, sampler.stop_token_ids(model, tokenizer)
 
 
-def heldout_correct(model_dir: str, base_dir: Path) -> list[bool]:
-    """Greedy right/wrong on each held-out problem of the base (base_dir/test.jsonl), through our sampler."""
+def heldout(base_dir: Path) -> list[dict]:
+    """The base's held-out problems (base_dir/test.jsonl), which its directory ships."""
+    return evaluate.load_problems("multiplication", data=str(base_dir / "test.jsonl"))
+
+
+def heldout_correct(model_dir: str, problems: list[dict]) -> list[bool]:
+    """Greedy right/wrong on each problem, through our sampler."""
     model, tokenizer, stop_ids = load(model_dir)
     budget = evaluate.max_new_tokens("multiplication", model)
-    return evaluate.score(model, tokenizer, "multiplication", heldout(base_dir), stop_ids, budget)["is_correct"]
-
-
-def heldout(base_dir: Path) -> list[dict]:
-    return evaluate.load_problems("multiplication", data=str(base_dir / "test.jsonl"))
+    return evaluate.score(model, tokenizer, "multiplication", problems, stop_ids, budget)["is_correct"]
 
 
 def accuracy(correct: list[bool]) -> float:
@@ -97,14 +98,16 @@ def run_demo(seed: int, out: str, extra_flags: list[str], setting: str = "unifor
     if Path(out).exists():  # so is an --out that already holds a run (sqlm.py would refuse it only after them)
         rundir.check_resume(Path(out), dataclasses.asdict(config), config.resume, sqlm.RESUMABLE)
     tiny.load_or_build_tiny_base(recipe=recipe)
-    before = heldout_correct(str(base), base)
+    problems = heldout(base)
+    before = heldout_correct(str(base), problems)
     sqlm.main(argv)
-    after = heldout_correct(str(Path(out) / "checkpoint"), base)
+    after = heldout_correct(str(Path(out) / "checkpoint"), problems)
     result = dict(seed=seed, out=out, setting=setting, heldout_problems=len(before), accuracy_before=accuracy(before),
-                  accuracy_after=accuracy(after), **by_rung(before, heldout(base), "accuracy_before"),
-                  **by_rung(after, heldout(base), "accuracy_after"), **asked_rungs(out))
+                  accuracy_after=accuracy(after), **by_rung(before, problems, "accuracy_before"),
+                  **by_rung(after, problems, "accuracy_after"), **asked_rungs(out))
     if (Path(out) / "checkpoint-best").exists():  # chosen on the validation problems, never on these
-        result["accuracy_best_by_validation"] = accuracy(heldout_correct(str(Path(out) / "checkpoint-best"), base))
+        result["accuracy_best_by_validation"] = accuracy(heldout_correct(str(Path(out) / "checkpoint-best"),
+                                                                         problems))
     result["seconds"] = round(time.time() - started, 1)
     rundir.write_json(Path(out) / "result.json", result)
     return result
@@ -120,7 +123,7 @@ def base_report(votes: int = 8, temperature: float = 1.0, seed: int = 0, setting
     per rung; and what the model proposes from the proposer prompt (and of which rung)."""
     base = tiny.load_or_build_tiny_base(recipe=tiny.RECIPES[setting])
     model, tokenizer, stop_ids = load(str(base))
-    problems = evaluate.load_problems("multiplication", data=str(base / "test.jsonl"))
+    problems = heldout(base)
     budget = evaluate.max_new_tokens("multiplication", model)
     greedy = evaluate.score(model, tokenizer, "multiplication", problems, stop_ids, budget)["is_correct"]
     torch.manual_seed(seed)  # the samples below are then reproducible
@@ -201,9 +204,9 @@ def heldout_overlap(run_dir) -> dict:
     base = Path(json.loads((Path(run_dir) / "config.json").read_text())["model"])  # the run's own base
     questions = [row["question"] for row in read_samples(run_dir)]
     asked = {frozenset(pair) for pair in map(tiny.parse_operands, questions) if pair}
-    heldout = evaluate.load_problems("multiplication", data=str(base / "test.jsonl"))
-    was_asked = [frozenset(tiny.parse_operands(p["question"])) in asked for p in heldout]
-    before, after = heldout_correct(str(base), base), heldout_correct(str(Path(run_dir) / "checkpoint"), base)
+    problems = heldout(base)
+    was_asked = [frozenset(tiny.parse_operands(p["question"])) in asked for p in problems]
+    before, after = heldout_correct(str(base), problems), heldout_correct(str(Path(run_dir) / "checkpoint"), problems)
 
     def part(correct: list[bool], keep: bool) -> float | None:
         kept = [c for c, a in zip(correct, was_asked) if a == keep]
@@ -212,7 +215,7 @@ def heldout_overlap(run_dir) -> dict:
     from_test = [tiny.parse_operands(q) is not None and tiny.problem_bucket(q) == tiny.TEST_BUCKET for q in questions]
     return {
         "self_play_questions": len(questions),
-        "share_from_test_pairs": round(sum(from_test) / len(questions), 3),
+        "share_from_test_pairs": round(sum(from_test) / len(questions), 3) if questions else None,
         "heldout_asked": sum(was_asked),
         "heldout_never_asked": len(was_asked) - sum(was_asked),
         "never_asked_before": part(before, False),

@@ -43,6 +43,12 @@ def test_demo_runs_end_to_end_and_writes_its_result(small_cache, tmp_path, capsy
     assert config["validation_data"].endswith("validation.jsonl") and config["steps"] == 1  # extra flags win
     with pytest.raises(SystemExit, match="already holds a run"):  # refused before the minute of measuring
         demo.main(["--out", str(out)])
+    # `demo.py overlap`: the held-out problems split into asked / never asked, base and final scored on each.
+    overlap = demo.heldout_overlap(str(out))
+    assert overlap["heldout_asked"] + overlap["heldout_never_asked"] == 16
+    parts = ("never_asked_before", "never_asked_after", "asked_before", "asked_after")
+    assert all(overlap[key] is None or 0.0 <= overlap[key] <= 1.0 for key in parts)
+    assert overlap["never_asked_before"] is not None  # one question a step cannot have asked all 16
 
 
 def test_base_report_counts_votes_at_the_asked_temperature(small_cache):

@@ -99,6 +99,7 @@ CASES = [
      lambda tmp, run: (tmp / "empty").mkdir() or tmp / "empty", "is not a model directory"),
     ("demo bad seed", "demo", ["--seed", "x"], None, "usage"),
     ("demo unknown flag", "demo", ["--bogus", "1"], None, "usage"),
+    ("demo unknown setting", "demo", ["--setting", "hard"], None, "usage"),
     ("demo bad sqlm flag", "demo", ["--lr", "-1"], None, "--lr must be greater than 0"),
     ("demo existing run", "demo", ["--out", "{run}"], None, "already holds a run"),
     ("demo styles without run", "demo-styles", ["--out", "{tmp}/nowhere"], None, "usage"),

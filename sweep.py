@@ -164,9 +164,9 @@ def read_metrics(path: Path) -> list[dict]:
     return [row for row in rows if isinstance(row, dict)]
 
 
-def in_band_last_third(rows: list[dict], key: str = "in_band") -> float | None:
-    """Mean of `in_band` (the share of questions the proposer is paid for), or of another per-step `key` of
-    metrics.jsonl, over the last third of training.
+def last_third_mean(rows: list[dict], key: str) -> float | None:
+    """Mean of a per-step metrics.jsonl `key` over the last third of training (for `in_band`, the share of
+    questions the proposer is paid for: the in_band_last_third metric).
 
     Exactly: keep the lines that have a numeric `step` and a numeric `key` (a repeated step keeps its last
     line); sort them by step; S = how many there are; average `key` over the last ceil(S / 3) of them. For
@@ -183,7 +183,7 @@ def run_values(result: dict, rows: list[dict] | None, extra_metrics: list[str]) 
     """Every metric one finished run has, as {name: fraction}. A metric the run lacks is simply absent.
 
     Extra metrics come from result.json by name; one it lacks named X_last_third is the mean of metrics.jsonl's
-    per-step X over the last third of the steps (as in_band_last_third). For an extra KEY = X_after whose
+    per-step X over the last third of the steps (last_third_mean). For an extra KEY = X_after whose
     X_before is also in result.json, X_gain = X_after - X_before is added too (hard_accuracy_after ->
     hard_accuracy_gain)."""
     values = {}
@@ -193,14 +193,14 @@ def run_values(result: dict, rows: list[dict] | None, extra_metrics: list[str]) 
             values["gain"] = float(result["accuracy_after"] - result["accuracy_before"])
     if is_number(result.get("accuracy_best_by_validation")):
         values["accuracy_best_by_validation"] = float(result["accuracy_best_by_validation"])
-    share = in_band_last_third(rows) if rows is not None else None
+    share = last_third_mean(rows, "in_band") if rows is not None else None
     if share is not None:
         values["in_band_last_third"] = share
     for key in extra_metrics:
         if is_number(result.get(key)):
             values[key] = float(result[key])
         elif key.endswith("_last_third") and rows is not None:  # a per-step metrics.jsonl key, like in_band
-            mean = in_band_last_third(rows, key.removesuffix("_last_third"))
+            mean = last_third_mean(rows, key.removesuffix("_last_third"))
             if mean is not None:
                 values[key] = mean
         before = key.removesuffix("_after") + "_before"

@@ -89,15 +89,15 @@ def test_in_band_last_third_with_a_truncated_last_line(tmp_path):
     read = sweep.read_metrics(path)
     assert [row["step"] for row in read] == list(range(9))
     # S = 9 steps, last ceil(9 / 3) = 3 of them: steps 6, 7, 8
-    assert sweep.in_band_last_third(read) == pytest.approx((0.6 + 0.7 + 0.8) / 3)
+    assert sweep.last_third_mean(read, "in_band") == pytest.approx((0.6 + 0.7 + 0.8) / 3)
 
 
 def test_in_band_last_third_definition_edges():
     # 10 steps -> last ceil(10 / 3) = 4; lines without in_band are skipped; a repeated step keeps its last line
     rows = [{"step": s, "in_band": float(s)} for s in range(10)] + [{"step": 9, "in_band": 19.0}, {"step": 10}]
-    assert sweep.in_band_last_third(rows) == pytest.approx((6 + 7 + 8 + 19) / 4)
-    assert sweep.in_band_last_third([{"step": 0, "in_band": 0.25}]) == 0.25
-    assert sweep.in_band_last_third([{"step": 0, "in_band": None}]) is None
+    assert sweep.last_third_mean(rows, "in_band") == pytest.approx((6 + 7 + 8 + 19) / 4)
+    assert sweep.last_third_mean([{"step": 0, "in_band": 0.25}], "in_band") == 0.25
+    assert sweep.last_third_mean([{"step": 0, "in_band": None}], "in_band") is None
 
 
 def test_damaged_line_in_the_middle_raises(tmp_path):

@@ -148,12 +148,12 @@ def base_report(votes: int = 8, temperature: float = 1.0, seed: int = 0, setting
     operands = [tiny.parse_operands(text) for text in proposal_texts]
     mean = lambda values: round(sum(values) / len(values), 3) if values else None  # noqa: E731
     rungs = [tiny.question_rung(p["question"]) for p in problems]
+    on_rung = lambda values, rung: [v for v, r in zip(values, rungs) if r == rung]  # noqa: E731
     proposed = [tiny.question_rung(text) for text in proposal_texts]
     per_rung = {f"rung_{rung}": {"problems": rungs.count(rung),
-                                 "greedy_accuracy": mean([g for g, r in zip(greedy, rungs) if r == rung]),
-                                 f"majority_of_{votes}_accuracy": mean([m for m, r in zip(majority_right, rungs)
-                                                                        if r == rung]),
-                                 "proposer_paid_share": mean([p for p, r in zip(paid, rungs) if r == rung]),
+                                 "greedy_accuracy": mean(on_rung(greedy, rung)),
+                                 f"majority_of_{votes}_accuracy": mean(on_rung(majority_right, rung)),
+                                 "proposer_paid_share": mean(on_rung(paid, rung)),
                                  "share_of_proposals": mean([r == rung for r in proposed])}
                 for rung in sorted(set(rungs) - {None})}
     return per_rung | {

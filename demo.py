@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+import curriculum
 import evaluate
 import rewards
 import rundir
@@ -80,7 +81,7 @@ def asked_rungs(run_dir: str) -> dict:
     last = [row["question"] for row in read_samples(run_dir) if row["step"] >= steps - math.ceil(steps / 3)]
     rungs = [tiny.question_rung(question) for question in last]
     share = lambda count: round(count / len(last), 4) if last else None  # noqa: E731
-    digits = share(sum(sum(character.isdigit() for character in question) for question in last))
+    digits = share(sum(curriculum.question_complexity(question)["digits"] for question in last))
     return {f"rung_{rung}_share_last_third": share(rungs.count(rung)) for rung in (1, 2, 3)} | \
         {"question_digits_last_third": digits}
 

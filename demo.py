@@ -45,6 +45,13 @@ DEMO_FLAGS = ["--steps", "30", "--batch-size", "8", "--num-generations", "8", "-
 SETTING_FLAGS = {"uniform": [], "ladder": ["--proposer-update-every", "1"]}
 
 
+def demo_threads() -> int:
+    """The demo's budget: 2 CPU cores, or OMP_NUM_THREADS when it is set (sweep.py --jobs 2 runs two demos side by
+    side with one thread each). The thread count can change float sums, so it is part of a run's recipe."""
+    wanted = os.environ.get("OMP_NUM_THREADS", "")
+    return int(wanted) if wanted.isdigit() and int(wanted) > 0 else min(2, os.cpu_count() or 1)
+
+
 def load(model_dir: str):
     model, tokenizer = sampler.load_model(model_dir, torch.device("cpu"))
     return model.eval(), tokenizer, sampler.stop_token_ids(model, tokenizer)
@@ -249,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--votes must be at least 1 and --temperature greater than 0")
     if command in ("styles", "overlap") and not (Path(args.out) / "samples.jsonl").exists():
         parser.error(f"no samples.jsonl in {args.out!r}: pass the run directory of a demo with --out")
-    torch.set_num_threads(min(2, os.cpu_count() or 1))  # the demo's budget: 2 CPU cores
+    torch.set_num_threads(demo_threads())
     if command == "run":
         print(json.dumps(run_demo(args.seed, args.out, extra, args.setting)))
     elif command == "report":

@@ -36,6 +36,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -411,6 +412,9 @@ def parse_command_line(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="more result.json keys to tabulate (X_after also gives X_gain when X_before exists); "
                              "X_last_third: metrics.jsonl's X averaged over the last third of the steps")
     parser.add_argument("--ci", choices=["t", "bootstrap"], default="t", help="interval method (default t)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time, each with an equal share of the cores (default 1). The thread count "
+                             "can change a run's float sums: compare arms run with the same --jobs")
     parser.add_argument("--no-plots", action="store_true", help="skip the overlay plots")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the commands still to run, run nothing")
@@ -424,6 +428,8 @@ def validate(args: argparse.Namespace, common: list[str]) -> tuple[dict[str, lis
         raise SweepError("no seeds: pass --seeds, e.g. --seeds 0 1 2.")
     if len(set(args.seeds)) != len(args.seeds):
         raise SweepError(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed.")
+    if args.jobs < 1:
+        raise SweepError("--jobs must be at least 1.")
     if not args.arm:
         raise SweepError("no arms: pass at least one --arm NAME=FLAGS, e.g. --arm base=.")
     arms = {}
@@ -449,25 +455,57 @@ def validate(args: argparse.Namespace, common: list[str]) -> tuple[dict[str, lis
     return arms, baseline, command
 
 
-def execute(runs: list[Run]) -> list[dict]:
-    """Run what is not finished, one after another. Returns the failed runs; a failure does not stop the others."""
+def execute(runs: list[Run], jobs: int = 1) -> list[dict]:
+    """Run what is not finished, `jobs` at a time (in plan order). Returns the failed runs; a failure does not stop
+    the others. With jobs > 1 each run gets an equal share of the cores (OMP_NUM_THREADS) and writes its output to
+    OUT/logs/RUN.log instead of the terminal, so that two runs' progress bars do not interleave."""
     todo = [run for run in runs if read_result(run.directory) is None]
-    print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to run", flush=True)
-    failed = []
-    for number, run in enumerate(todo, start=1):
-        if run.directory.exists():  # half-done (no valid result.json): the run command refuses an existing dir
-            print(f"removing half-done {run.directory}", flush=True)
-            shutil.rmtree(run.directory)
-        print(f"[{number}/{len(todo)}] {run.arm} seed {run.seed}: {shlex.join(run.command)}", flush=True)
-        try:
-            status = subprocess.run(run.command).returncode
-        except OSError as error:  # the program itself is missing or not executable
-            print(f"cannot start {run.command[0]!r}: {error}", file=sys.stderr)
-            status = 127
+    print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to run"
+          + (f", {jobs} at a time" if jobs > 1 else ""), flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs))) if jobs > 1 else None
+    failed, running = [], []  # running: (run, process, log file)
+
+    def finish(run: Run, status: int, log=None) -> None:
+        if log is not None:
+            log.close()
         if status != 0 or read_result(run.directory) is None:  # exit 0 without a result is a failure too
             why = f"exit {status}" + ("" if status != 0 else ", but no valid result.json")
             print(f"FAILED ({why}): {shlex.join(run.command)}", file=sys.stderr, flush=True)
             failed.append({"run": run.directory.name, "command": run.command, "exit_code": status, "why": why})
+        elif jobs > 1:
+            print(f"finished {run.directory.name}", flush=True)
+
+    try:
+        for number, run in enumerate(todo, start=1):
+            while len(running) >= jobs:  # wait for a free slot
+                time.sleep(0.5)
+                for entry in [entry for entry in running if entry[1].poll() is not None]:
+                    running.remove(entry)
+                    finish(entry[0], entry[1].returncode, entry[2])
+            if run.directory.exists():  # half-done (no valid result.json): the run command refuses an existing dir
+                print(f"removing half-done {run.directory}", flush=True)
+                shutil.rmtree(run.directory)
+            print(f"[{number}/{len(todo)}] {run.arm} seed {run.seed}: {shlex.join(run.command)}", flush=True)
+            log = None
+            if jobs > 1:
+                (run.directory.parent / "logs").mkdir(parents=True, exist_ok=True)
+                log = (run.directory.parent / "logs" / f"{run.directory.name}.log").open("w")
+            try:
+                process = subprocess.Popen(run.command, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
+            except OSError as error:  # the program itself is missing or not executable
+                print(f"cannot start {run.command[0]!r}: {error}", file=sys.stderr)
+                finish(run, 127, log)
+                continue
+            running.append((run, process, log))
+        while running:
+            run, process, log = running.pop(0)
+            finish(run, process.wait(), log)
+    finally:  # Ctrl-C or an error: stop the runs still going; they are half-done and will be redone
+        for _, process, log in running:
+            process.terminate()
+            process.wait()
+            if log:
+                log.close()
     return failed
 
 
@@ -493,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         write_atomic(args.out / "sweep.json", json.dumps(manifest, indent=1) + "\n")
         try:
-            failed = execute(runs)
+            failed = execute(runs, args.jobs)
         except KeyboardInterrupt:
             print("\ninterrupted: the current run is half-done and will be redone when this command is run again",
                   file=sys.stderr)

@@ -138,7 +138,7 @@ def test_report_table_rows_marks_and_units():
 # ----- the runner, on a fake run command ----------------------------------------------------------------------
 
 FAKE_DEMO = textwrap.dedent("""
-    import argparse, json, sys
+    import argparse, json, os, sys
     from pathlib import Path
 
     parser = argparse.ArgumentParser()
@@ -147,9 +147,13 @@ FAKE_DEMO = textwrap.dedent("""
     parser.add_argument("--bonus", type=float, default=0.0)
     parser.add_argument("--fail-with", type=int, default=0)
     parser.add_argument("--log")
+    parser.add_argument("--threads-log")
     args = parser.parse_args()
     with open(args.log, "a") as log:
         log.write(Path(args.out).name + "\\n")
+    if args.threads_log:
+        with open(args.threads_log, "a") as log:
+            log.write(os.environ.get("OMP_NUM_THREADS", "unset") + "\\n")
     if args.fail_with:
         sys.exit(args.fail_with)
     out = Path(args.out)
@@ -242,21 +246,41 @@ def test_a_failing_run_is_reported_and_the_others_still_run(fake, tmp_path):
 
 def test_ctrl_c_leaves_the_current_run_to_be_redone(fake, monkeypatch):
     sweep_args, calls, out = fake
-    real_run = sweep.subprocess.run
+    real_popen = sweep.subprocess.Popen
 
-    def interrupted_run(command, **kwargs):
-        real_run(command, **kwargs)
-        if "plus-s0" in command[command.index("--out") + 1]:
-            (out / "plus-s0" / "result.json").unlink()  # as if stopped before it finished
-            raise KeyboardInterrupt
-        return real_run([sys.executable, "-c", "pass"])
+    class InterruptedPopen(real_popen):
+        interrupted = False
 
-    monkeypatch.setattr(sweep.subprocess, "run", interrupted_run)
+        def poll(self):
+            status = self.wait()  # the run completes, then Ctrl-C arrives while the sweep waits on it
+            if "plus-s0" in self.args[self.args.index("--out") + 1] and not InterruptedPopen.interrupted:
+                InterruptedPopen.interrupted = True
+                (out / "plus-s0" / "result.json").unlink()  # as if stopped before it finished
+                raise KeyboardInterrupt
+            return status
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", InterruptedPopen)
+    monkeypatch.setattr(sweep.time, "sleep", lambda seconds: None)
     assert sweep.main(sweep_args()) == 130
     assert calls() == ["base-s0", "plus-s0"]
     monkeypatch.undo()
     assert sweep.main(sweep_args()) == 0
     assert calls()[2:] == ["plus-s0", "base-s1", "plus-s1"]
+
+
+def test_two_jobs_run_side_by_side_with_a_core_each_and_log_to_files(fake, monkeypatch):
+    sweep_args, calls, out = fake
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 2)
+    args = sweep_args("--jobs", "2")
+    args += ["--threads-log", str(out.parent / "threads.log")]  # the fake demo records OMP_NUM_THREADS
+    assert sweep.main(args) == 0
+    assert sorted(calls()) == ["base-s0", "base-s1", "plus-s0", "plus-s1"]
+    assert set((out.parent / "threads.log").read_text().split()) == {"1"}
+    assert sorted(path.name for path in (out / "logs").iterdir()) == [
+        "base-s0.log", "base-s1.log", "plus-s0.log", "plus-s1.log"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["accuracy_after"]["plus"]["per_seed"] == pytest.approx({"0": 0.75, "1": 0.76})
+    assert sweep.main(sweep_args("--jobs", "0")) == 2
 
 
 @pytest.mark.parametrize("change, message", [

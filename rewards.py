@@ -210,17 +210,20 @@ def majority_vote(answers: list[str | None]) -> tuple[str | None, int]:
     return answer, count
 
 
-def math_rewards(answers: list[str | None], gate: str = "release") -> tuple[list[float], float]:
+def math_rewards(answers: list[str | None], gate: str = "release",
+                 min_majority: int = 0) -> tuple[list[float], float]:
     """Rewards for one question's N solver answers -> (solver reward per answer, proposer reward).
 
     gate="release": the proposer is paid when 1 < count < N (ray_trainer.py:1194-1196: a question that only
-    one sample answers a given way has no real majority). gate="paper": 0 < count < N (the paper's Eq. 2)."""
+    one sample answers a given way has no real majority). gate="paper": 0 < count < N (the paper's Eq. 2).
+    min_majority=K > 0 (sqlm's --proposer-min-majority, off by default) also asks count >= K: the proposer is paid
+    only for questions whose vote is still strong enough to teach the solver (count < N still holds)."""
     if gate not in ("release", "paper"):
         raise ValueError(f"gate must be 'release' or 'paper', not {gate!r}")
     majority, count = majority_vote(answers)
     solver_rewards = [1.0 if answer is not None and answer == majority else 0.0 for answer in answers]
     lowest = 1 if gate == "release" else 0
-    proposer_reward = 1.0 if lowest < count < len(answers) else 0.0
+    proposer_reward = 1.0 if lowest < count < len(answers) and count >= min_majority else 0.0
     return solver_rewards, proposer_reward
 
 

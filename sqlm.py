@@ -53,6 +53,11 @@ class Config:
                                    "solver's (the release), or mixed into them", choices=("separate", "mixed"))
     gate: str = option("release", "math proposer reward: 'release' pays 1<k<N, 'paper' pays 0<k<N (k = count of "
                        "the majority answer)", choices=("release", "paper"))
+    proposer_min_majority: int = option(0, "math: pay the proposer only if the majority count k >= K too (and k < N),"
+                                        " questions the vote can still teach; 0 = off", minimum=0)
+    solver_min_majority: int = option(0, "math: no loss for the answers to a question whose majority count is below "
+                                      "K (R-Zero's consistency filter), so a weak vote never becomes a target; 0 = off",
+                                      minimum=0)
     solver_reward: str = option("majority", "math solver reward: 'majority' (SQLM), 'format' (any parseable answer: "
                                 "the paper's baseline), 'truth' (exactly right: USES LABELS, a diagnostic, "
                                 "multiplication only)", choices=("majority", "format", "truth"))
@@ -153,7 +158,7 @@ def solve(config: Config, model, tokenizer, stop_ids: list[int], questions) -> t
 
 # ============================================================================ 3. score
 def score_questions(task: str, proposal_texts: list[str], completion_texts: list[list[str]], gate: str,
-                    solver_reward: str = "majority") -> list[dict]:
+                    solver_reward: str = "majority", min_majority: int = 0) -> list[dict]:
     """Rewards for each question's N solver completions. Math votes; code runs against the proposer's own tests
     in sandbox.py, every program of the step in one parallel batch."""
     scored = []
@@ -169,7 +174,7 @@ def score_questions(task: str, proposal_texts: list[str], completion_texts: list
         return scored
     for question, texts in zip(proposal_texts, completion_texts):
         answers = [rewards.extract_answer(text) for text in texts]
-        solver_rewards, proposer_reward = rewards.math_rewards(answers, gate)
+        solver_rewards, proposer_reward = rewards.math_rewards(answers, gate, min_majority)
         # The exact value of an arithmetic question: logged for the reader, a reward only under 'truth'.
         value = curriculum.safe_eval(question) if task == "multiplication" else None
         truth = rewards.canonical_number(value) if value is not None else None
@@ -212,11 +217,15 @@ def rollout(config: Config, model, tokenizer, stop_ids: list[int], seen_ngrams: 
     answer_texts = [[tokenizer.decode(ids, skip_special_tokens=True) for ids in group] for group in groups]
 
     # 3. Score.
-    scores = score_questions(task, [texts[row] for row in valid_rows], answer_texts, config.gate, config.solver_reward)
+    scores = score_questions(task, [texts[row] for row in valid_rows], answer_texts, config.gate, config.solver_reward,
+                             config.proposer_min_majority)
     proposer_rewards, solver_episodes, records = [0.0] * len(proposals), [], []
     for row, group, group_texts, scored in zip(valid_rows, groups, answer_texts, scores):
         proposer_rewards[row] = scored["proposer_reward"]
-        solver_episodes += [Episode(prompts[row], ids, r) for ids, r in zip(group, scored["solver_rewards"])]
+        # --solver-min-majority: the answers to a weakly voted question stay out of the loss (math; code: all train).
+        strong = scored.get("majority_count", config.solver_min_majority) >= config.solver_min_majority
+        solver_episodes += [Episode(prompts[row], ids, reward, in_loss=strong)
+                            for ids, reward in zip(group, scored["solver_rewards"])]
         records.append(dict(question=questions[row], proposal=texts[row], completions=group_texts, **scored,
                             answer_lengths=[len(ids) for ids in group]))
 
@@ -237,6 +246,7 @@ def rollout(config: Config, model, tokenizer, stop_ids: list[int], seen_ngrams: 
     stats = dict(valid_fraction=len(valid_rows) / len(proposals), proposer_reward=float(np.mean(proposer_rewards)),
                  solver_reward=float(np.mean([e.reward for e in solver_episodes])) if solver_episodes else 0.0,
                  proposer_groups_with_signal=signal(proposer_advantages),
+                 solver_questions_trained=float(np.mean([e.in_loss for e in solver_episodes] or [0.0])),
                  solver_groups_with_signal=signal(solver_advantages))
     # A lens for the reader, never a reward: lengths, bands, novelty, question size, the vote checked against truth.
     answers = [ids for group in groups for ids in group]
@@ -355,6 +365,36 @@ def update_policy(config: Config, policy, reference, optimizer, episodes: list[E
                 optimizer_steps=len(losses), skipped_nonfinite=skipped)
 
 
+# ============================================================================ 8. one training step
+def train_step(config: Config, step: int, policy, sampling, reference, optimizer, tokenizer, stop_ids: list[int],
+               seen_ngrams: set, pool: list | None, device) -> tuple[list[dict], dict]:
+    """One step of SQLM -> (records for samples.jsonl, metrics for metrics.jsonl): the rollout (steps 1-4), which
+    episodes train this step, the update (5-7), and the new weights copied into the sampling model."""
+    started = time.time()
+    proposer_episodes, solver_episodes, records, stats = rollout(config, sampling, tokenizer, stop_ids, seen_ngrams,
+                                                                 step, pool)
+    rollout_seconds = time.time() - started
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # hand the KV cache back before the update needs the memory
+    # The solver learns every step; the proposer only every k-th step, from this step's own proposals (never with
+    # a pre-generated pool: there is no proposer in the loop then). Invalid proposals, and with
+    # --solver-min-majority the answers to weakly voted questions, have in_loss False and stay out.
+    update_proposer = pool is None and config.proposer_update_every > 0 and step % config.proposer_update_every == 0
+    trained_proposals = [e for e in proposer_episodes if e.in_loss] if update_proposer else []
+    trained_answers = [e for e in solver_episodes if e.in_loss]
+    mixed, then = (trained_proposals, []) if config.proposer_batches == "mixed" else ([], trained_proposals)
+    update = dict(loss=None, kl=None, grad_norm=None, optimizer_steps=0, skipped_nonfinite=0)  # nothing to train
+    if trained_answers or trained_proposals:
+        policy.train()
+        update = update_policy(config, policy, reference, optimizer, trained_answers + mixed, device, then)
+    if sampling is not policy:
+        sampler.copy_weights(policy, sampling)
+    return records, dict(step=step, **stats, **update, proposer_updated=update_proposer,
+                         proposer_episodes_trained=len(trained_proposals), solver_episodes_trained=len(trained_answers),
+                         seconds=time.time() - started, rollout_seconds=rollout_seconds,
+                         tokens_per_s=stats["sampled_tokens"] / rollout_seconds)
+
+
 # ============================================================================ main loop
 def build_question_pool(config: Config, model, tokenizer, stop_ids: list[int], path: Path) -> list[list[int]]:
     """--question-pool (the paper's "pre-generate all problems up front"): ask the untrained proposer once for
@@ -398,32 +438,10 @@ def main(argv: list[str] | None = None) -> None:
             if config.question_pool else None
         progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc=config.task)
         for step in progress:
-            started = time.time()
-            proposer_episodes, solver_episodes, records, stats = rollout(config, sampling, tokenizer, stop_ids,
-                                                                         seen_ngrams, step, pool)
+            records, metrics = train_step(config, step, policy, sampling, reference, optimizer, tokenizer, stop_ids,
+                                          seen_ngrams, pool, device)
             seen_ngrams |= curriculum.step_ngrams([record["question"] for record in records])
-            rollout_seconds = time.time() - started
-            if device.type == "cuda":
-                torch.cuda.empty_cache()  # hand the KV cache back before the update needs the memory
-
-            # The solver learns every step; the proposer only every k-th step, from this step's own proposals
-            # (never with a pre-generated pool: there is no proposer in the loop then).
-            update_proposer = pool is None and config.proposer_update_every > 0 and \
-                step % config.proposer_update_every == 0
-            trained_proposals = [e for e in proposer_episodes if e.in_loss] if update_proposer else []
-            mixed, then = (trained_proposals, []) if config.proposer_batches == "mixed" else ([], trained_proposals)
-            update = dict(loss=None, kl=None, grad_norm=None, optimizer_steps=0, skipped_nonfinite=0)  # no episodes
-            if solver_episodes or trained_proposals:
-                policy.train()
-                update = update_policy(config, policy, reference, optimizer, solver_episodes + mixed, device, then)
-            if sampling is not policy:
-                sampler.copy_weights(policy, sampling)
-
             last = step + 1 == config.steps
-            metrics = dict(step=step, **stats, **update, proposer_updated=update_proposer,
-                           proposer_episodes_trained=len(trained_proposals),
-                           solver_episodes_trained=len(solver_episodes), seconds=time.time() - started,
-                           rollout_seconds=rollout_seconds, tokens_per_s=stats["sampled_tokens"] / rollout_seconds)
             if initial_validation is not None and step == 0:
                 metrics["validation_accuracy_initial"] = initial_validation  # before any update
             if validation and ((step + 1) % config.eval_every == 0 or last):
@@ -434,8 +452,8 @@ def main(argv: list[str] | None = None) -> None:
             keep = records if config.samples_per_step == 0 else records[:config.samples_per_step]
             rundir.append_jsonl(out / "samples.jsonl", [dict(step=step, **record) for record in keep])
             rundir.append_jsonl(out / "metrics.jsonl", [metrics])
-            progress.set_postfix(proposer=f"{stats['proposer_reward']:.2f}", solver=f"{stats['solver_reward']:.2f}",
-                                 valid=f"{stats['valid_fraction']:.2f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+            progress.set_postfix(proposer=f"{metrics['proposer_reward']:.2f}", solver=f"{metrics['solver_reward']:.2f}",
+                                 valid=f"{metrics['valid_fraction']:.2f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
             if (step + 1) % config.save_every == 0 or last or stop_requested():
                 rundir.save_checkpoint(out / "checkpoint", policy, tokenizer, rundir.trainer_state(
                     step + 1, optimizer, seen_ngrams=seen_ngrams, best_validation=best_validation))

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import rewards
 import sampler
 import sqlm
 from test_train import FAST, fake_proposals, read_jsonl, run
@@ -87,3 +88,77 @@ def test_truth_reward_pays_the_exact_answer_and_leaves_the_proposer_alone():
     assert truth["proposer_reward"] == majority["proposer_reward"] == 1.0
     with pytest.raises(SystemExit, match="checked exactly"):
         sqlm.parse_config(["--task", "algebra", "--solver-reward", "truth"])
+
+
+# ----- vote-strength remedies (issue 19): hand-made votes of N = 8 ----------------------------------------------
+
+def votes(*counts):
+    """One question's 8 answers whose answer groups have these sizes, the rest unparseable: votes(5, 2) ->
+    five '1's, two '2's, one answer without the format."""
+    answers = [f"<answer>{value}</answer>" for value, count in enumerate(counts, start=1) for _ in range(count)]
+    return answers + ["no answer"] * (8 - len(answers))
+
+
+@pytest.mark.parametrize("counts, paid_off, paid_at_5", [
+    ((8,), 0.0, 0.0),  # unanimous: too easy, whatever K
+    ((7, 1), 1.0, 1.0),
+    ((5, 3), 1.0, 1.0),  # k = K: still paid
+    ((4, 4), 1.0, 0.0),  # k < K: the vote is too weak to teach
+    ((2, 2, 2, 2), 1.0, 0.0),
+    ((1,) * 8, 0.0, 0.0),  # no two answers agree: too hard under the release gate, whatever K
+])
+def test_proposer_min_majority_pays_only_strong_votes(counts, paid_off, paid_at_5):
+    answers = [votes(*counts)]
+    off = sqlm.score_questions("multiplication", ["q"], answers, "release", "majority", 0)[0]
+    at_5 = sqlm.score_questions("multiplication", ["q"], answers, "release", "majority", 5)[0]
+    assert off["proposer_reward"] == paid_off and at_5["proposer_reward"] == paid_at_5
+    assert off["solver_rewards"] == at_5["solver_rewards"]  # the solver's rewards do not change
+    assert rewards.math_rewards(votes(*counts), "release", 5)[1] == paid_at_5
+
+
+def test_min_majority_flags_default_off_and_are_checked():
+    config = sqlm.parse_config([])
+    assert config.proposer_min_majority == 0 and config.solver_min_majority == 0  # every earlier number stands
+    assert sqlm.parse_config(["--solver-min-majority", "5"]).solver_min_majority == 5
+    with pytest.raises(SystemExit):
+        sqlm.parse_config(["--proposer-min-majority", "-1"])
+
+
+@pytest.mark.parametrize("threshold, trained_questions", [(0, ["12 * 34", "5 * 6", "7 * 8", "9 * 10"]),
+                                                         (2, ["5 * 6"])])
+def test_solver_min_majority_keeps_weak_votes_out_of_the_loss(varied_dir, monkeypatch, threshold, trained_questions):
+    model, tokenizer = sampler.load_model(str(varied_dir), sqlm.torch.device("cpu"))
+    fake_proposals(monkeypatch, tokenizer, QUESTIONS)
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    # The solver's answers, by question: 5 * 6 gets two equal answers (k = 2), every other question two different
+    # ones (k = 1).
+    scripted = {"5 * 6": ["<answer>30</answer>", "<answer>30</answer>"]}
+
+    def sample_completions(config, model_, tokenizer_, stop_ids, prompts):
+        topic = sampler.chat_prompt_ids(tokenizer, sqlm.evaluate.read_prompt("multiplication_proposer"))
+        if prompts and prompts[0] == topic:
+            return [tokenizer(QUESTIONS[i % 4])["input_ids"] + [stop] for i in range(len(prompts))]
+        texts = []
+        for k in range(0, len(prompts), 2):
+            question = next(q for q in QUESTIONS if q in tokenizer.decode(prompts[k]))
+            texts += scripted.get(question, ["<answer>1</answer>", "<answer>2</answer>"])
+        return [tokenizer(text)["input_ids"] + [stop] for text in texts]
+
+    monkeypatch.setattr(sqlm, "sample_completions", sample_completions)
+    config = sqlm.Config(batch_size=2, num_generations=2, max_new_tokens=6, device="cpu",
+                         solver_min_majority=threshold)
+    stop_ids = sampler.stop_token_ids(model, tokenizer)
+    _, solver, records, stats = sqlm.rollout(config, model, tokenizer, stop_ids, set())
+    kept = [records[k // 2]["question"] for k, episode in enumerate(solver) if episode.in_loss]
+    assert sorted(set(kept)) == sorted(trained_questions)
+    assert stats["solver_questions_trained"] == len(trained_questions) / 4
+    # The update never sees what is out of the loss: it trains the kept answers only.
+    seen = []
+    monkeypatch.setattr(sqlm, "update_policy", lambda config, policy, reference, optimizer, episodes, device, then=():
+                        seen.extend(episodes) or dict(loss=0.0, kl=0.0, grad_norm=0.0, optimizer_steps=1,
+                                                      skipped_nonfinite=0))
+    optimizer = sqlm.torch.optim.AdamW(model.parameters())
+    _, metrics = sqlm.train_step(config, 1, model, model, None, optimizer, tokenizer, stop_ids, set(), None,
+                                 sqlm.torch.device("cpu"))
+    assert metrics["solver_episodes_trained"] == 2 * len(trained_questions) == len(seen)
+    assert all(episode.in_loss for episode in seen)

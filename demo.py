@@ -97,7 +97,7 @@ def asked_rungs(run_dir: str) -> dict:
 
 
 def run_demo(seed: int, out: str, extra_flags: list[str], setting: str = "uniform") -> dict:
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     recipe = tiny.RECIPES[setting]
     base = sampler.cache_dir() / recipe.cache_name  # built below, once the flags are known to be good
     argv = ["--model", str(base), "--validation-data", str(base / "validation.jsonl"), "--seed", str(seed),
@@ -117,6 +117,7 @@ def run_demo(seed: int, out: str, extra_flags: list[str], setting: str = "unifor
         result["accuracy_best_by_validation"] = accuracy(heldout_correct(str(Path(out) / "checkpoint-best"),
                                                                          problems))
     result["seconds"] = round(time.time() - started, 1)
+    result["cpu_seconds"] = round(time.process_time() - cpu_started, 1)  # all threads: fair beside other jobs
     rundir.write_json(Path(out) / "result.json", result)
     return result
 
@@ -144,10 +145,11 @@ def base_report(votes: int = 8, temperature: float = 1.0, seed: int = 0, setting
     answers = [rewards.extract_answer(text) for text in texts]
     right = [answer == rewards.canonical_answer(problems[i // votes]["answer"]) for i, answer in enumerate(answers)]
     worked = [tiny.is_worked(text) for text in texts]
-    majority_right, paid = [], []
+    majority_right, paid, counts = [], [], []
     for i, problem in enumerate(problems):
         group = answers[i * votes:(i + 1) * votes]
-        majority, _ = rewards.majority_vote(group)
+        majority, count = rewards.majority_vote(group)
+        counts.append(count)
         majority_right.append(majority == rewards.canonical_answer(problem["answer"]))
         paid.append(rewards.math_rewards(group)[1] > 0)  # the proposer's reward for this question
     proposals = sampler.sample_in_chunks(model, [sampler.chat_prompt_ids(tokenizer, tiny.proposer_prompt_text())] *
@@ -158,11 +160,21 @@ def base_report(votes: int = 8, temperature: float = 1.0, seed: int = 0, setting
     rungs = [tiny.question_rung(p["question"]) for p in problems]
     on_rung = lambda values, rung: [v for v, r in zip(values, rungs) if r == rung]  # noqa: E731
     proposed = [tiny.question_rung(text) for text in proposal_texts]
+
+    def vote_strength(rung) -> dict:
+        """How good a teacher the vote is on this rung, by its strength k (the majority's count): the share of the
+        rung's problems whose majority has count k, and how often that majority is the right answer."""
+        pairs = list(zip(on_rung(counts, rung), on_rung(majority_right, rung)))
+        return {k: {"share": mean([count == k for count, _ in pairs]),
+                    "majority_accuracy": mean([right for count, right in pairs if count == k])}
+                for k in sorted({count for count, _ in pairs})}
+
     per_rung = {f"rung_{rung}": {"problems": rungs.count(rung),
                                  "greedy_accuracy": mean(on_rung(greedy, rung)),
                                  f"majority_of_{votes}_accuracy": mean(on_rung(majority_right, rung)),
                                  "proposer_paid_share": mean(on_rung(paid, rung)),
-                                 "share_of_proposals": mean([r == rung for r in proposed])}
+                                 "share_of_proposals": mean([r == rung for r in proposed]),
+                                 "by_majority_count": vote_strength(rung)}
                 for rung in sorted(set(rungs) - {None})}
     return per_rung | {
         "greedy_accuracy": mean(greedy),

@@ -37,6 +37,7 @@ def test_demo_runs_end_to_end_and_writes_its_result(small_cache, tmp_path, capsy
     assert {"rung_2_accuracy_before", "rung_3_accuracy_after", "rung_1_share_last_third"} <= set(printed)
     shares = [printed[f"rung_{rung}_share_last_third"] for rung in (1, 2, 3)]
     assert shares == [None] * 3 or sum(shares) <= 1.0
+    assert 0 < printed["cpu_seconds"]
     for key in ("accuracy_before", "accuracy_after", "accuracy_best_by_validation"):
         assert 0.0 <= printed[key] <= 1.0
     config = json.loads((out / "config.json").read_text())
@@ -57,6 +58,13 @@ def test_base_report_counts_votes_at_the_asked_temperature(small_cache):
     for key in ("greedy_accuracy", "sample_accuracy", "proposer_paid_share", "proposal_well_formed"):
         assert 0.0 <= report[key] <= 1.0, key
     assert len(report["proposal_examples"]) == 8
+    # The vote's strength per rung: the shares of k = 0..2 sum to 1, and the per-k majority accuracies are
+    # consistent with the rung's majority accuracy (their share-weighted mean).
+    for rung in ("rung_2", "rung_3"):
+        strength = report[rung]["by_majority_count"]
+        assert set(strength) <= {0, 1, 2} and sum(v["share"] for v in strength.values()) == pytest.approx(1, abs=2e-3)
+        weighted = sum(v["share"] * v["majority_accuracy"] for v in strength.values())
+        assert weighted == pytest.approx(report[rung]["majority_of_2_accuracy"], abs=5e-3)
 
 
 def test_style_report_counts_worked_answers_per_window(tmp_path):

@@ -84,8 +84,9 @@ def main() -> None:
 
     # The same three models sqlm.main holds: fp32 policy, low-precision sampling copy, frozen reference.
     if args.model:
-        policy, sampling, reference, _ = sampler.load_for_training(args.model, args.model, device, True,
-                                                                   args.gradient_checkpointing)
+        policy, sampling, reference, _ = sampler.load_for_training(
+            args.model, weights=args.model, device=device, with_reference=True,
+            gradient_checkpointing=args.gradient_checkpointing)
     else:
         policy = random_qwen(args.config_only, torch.float32, device)
         sampling = random_qwen(args.config_only, low, device) if device.type == "cuda" else policy

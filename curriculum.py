@@ -9,6 +9,7 @@ diagnostic `--solver-reward truth` arm pays the solver with safe_eval's exact va
   band_shares                 too easy / in band (what the proposer was paid for) / too hard
   ngrams / novelty / ...      whether the proposer keeps inventing new questions or repeats itself
   audit_step                  how often the majority vote (the pseudo-label) is actually right
+  no_signal_warning           a run that cannot learn, said in one line: why (from the metrics) and what to try
 """
 
 import ast
@@ -150,17 +151,19 @@ def majority_histogram(counts: list[int], n: int) -> dict:
 
 
 def band_shares(paid: list[bool], solved_by_all: list[bool]) -> dict:
-    """Each question's band, as shares of the step's questions (0.0 each when there are none):
+    """Each question's band, as shares of the step's questions (None each when there are none):
 
       in_band   the proposer was paid for it (math: 1 < k < N under the release gate; code: 0 < mean pass < 1)
       too_easy  not paid, because every sample agreed (math: k = N) or passed every test (code)
-      too_hard  not paid otherwise (math: no two answers agree; code: no sample passed anything)
+      too_hard  not paid otherwise: math, under the release gate no two answers agree (k <= 1), under the paper
+                gate no answer parses (k = 0), and with --proposer-min-majority K also 1 < k < K; code, no
+                sample passed anything
 
     Bands come from the proposer's own reward, so they follow whatever gate the run uses."""
     total = len(paid)
     in_band = sum(paid)
     too_easy = sum(all_ and not p for p, all_ in zip(paid, solved_by_all))
-    share = (lambda part: part / total) if total else (lambda part: 0.0)
+    share = (lambda part: part / total) if total else (lambda part: None)
     return dict(too_hard=share(total - in_band - too_easy), in_band=share(in_band), too_easy=share(too_easy))
 
 
@@ -196,20 +199,20 @@ def step_ngrams(questions: list[str | None], n: int = 3) -> set[tuple[str, ...]]
     return grams
 
 
-def novelty(questions: list[str | None], seen: set, n: int = 3) -> float:
+def novelty(questions: list[str | None], seen: set, n: int = 3) -> float | None:
     """Share of this step's distinct n-grams that no earlier step produced (0.0 = all repeats, 1.0 = all
-    new). A step with no n-grams at all scores 0.0: proposing nothing is not novelty."""
+    new). None for a step with no n-grams at all: nothing to measure."""
     grams = step_ngrams(questions, n)
     if not grams:
-        return 0.0
+        return None
     return len(grams - seen) / len(grams)
 
 
-def distinct_fraction(questions: list[str | None]) -> float:
+def distinct_fraction(questions: list[str | None]) -> float | None:
     """Distinct questions / questions within one step, ignoring case and spacing ('3 + 4' == '3+4');
-    None entries are skipped; 0.0 when there are none. 1.0 = no duplicates."""
+    None entries are skipped; None when there are none. 1.0 = no duplicates."""
     normalised = [tuple(_tokens(question)) for question in questions if question is not None]
-    return len(set(normalised)) / len(normalised) if normalised else 0.0
+    return len(set(normalised)) / len(normalised) if normalised else None
 
 
 # ----------------------------------------------------------------------------- ground-truth audit
@@ -227,7 +230,7 @@ def audit_step(truths: list[str | None], majority_answers: list[str | None],
       n_evaluable             questions with one
       pseudo_label_accuracy   share of evaluable questions whose majority answer is right (no majority = wrong)
       solver_accuracy         share of all solver answers to evaluable questions that are right (None = wrong)
-    The accuracies are None when there is nothing to measure, like sqlm's other undefined statistics."""
+    The accuracies are None when there is nothing to measure, like every undefined statistic in metrics.jsonl."""
     if not len(truths) == len(majority_answers) == len(solver_answers):
         raise ValueError("truths, majority_answers and solver_answers must have the same length")
     evaluable = [(truth, majority, answers) for truth, majority, answers in zip(truths, majority_answers,
@@ -252,7 +255,7 @@ def step_report(task: str, records: list[dict], n: int, seen: set, proposals: li
     `proposals` and `answers` are the step's sampled token ids, each ending in a stop id if it finished."""
     questions = [record["question"] for record in records]
     unfinished = lambda completions: [not ids or ids[-1] not in stop_ids for ids in completions]  # noqa: E731
-    mean = lambda values: sum(values) / len(values) if values else 0.0  # noqa: E731
+    mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
     report = dict(proposer_length=mean([len(ids) for ids in proposals]),
                   solver_length=mean([len(ids) for ids in answers]),
                   proposer_truncated=mean(unfinished(proposals)), solver_truncated=mean(unfinished(answers)),
@@ -268,6 +271,8 @@ def step_report(task: str, records: list[dict], n: int, seen: set, proposals: li
     report.update(band_shares(paid, [record["majority_count"] == n for record in records]))
     # How strongly the N answers agree: the mean share of the majority answer (1.0 = unanimous).
     report["majority_agreement"] = mean([record["majority_count"] / n for record in records]) if records else None
+    # Answers with no parseable <answer> tag: they earn 0 and never count in the vote.
+    report["solver_unparseable"] = mean([answer is None for record in records for answer in record["answers"]])
     histogram = majority_histogram([record["majority_count"] for record in records], n)
     report.update({f"majority_count_{k}": count for k, count in histogram.items()})
     if task == "multiplication":
@@ -276,3 +281,52 @@ def step_report(task: str, records: list[dict], n: int, seen: set, proposals: li
         report.update(pseudo_label_accuracy=audit["pseudo_label_accuracy"], solver_accuracy=audit["solver_accuracy"],
                       unparseable_questions=audit["unparseable"])
     return report
+
+
+# ----------------------------------------------------------------------------- a run that cannot learn
+
+NO_SIGNAL_STEPS = 3  # this many steps in a row without a solver group with signal -> the warning
+
+
+def no_signal_warning(history: list[dict], budget: int) -> str | None:
+    """One line beginning 'warning:' at the step where the run's last NO_SIGNAL_STEPS steps (metrics.jsonl rows,
+    oldest first) have all gone without a solver group with a learning signal, else None; so it is said once a
+    streak. A group has signal when its rewards differ; without any, every advantage is 0 and nothing is learned.
+    The line says why, from what was measured in the latest step, and what to try. `budget`: the run's response
+    budget in tokens."""
+    streak = 0  # steps in a row, up to the latest, without a solver group with signal
+    for row in reversed(history):
+        if row.get("solver_groups_with_signal"):
+            break
+        streak += 1
+    if streak != NO_SIGNAL_STEPS:
+        return None
+    last, percent = history[-1], lambda value: f"{100 * (value or 0):.0f}%"  # noqa: E731
+    why, fix = [], []
+    if not last.get("valid_fraction"):
+        why.append("no proposal was a valid question")
+        if (last.get("proposer_truncated") or 0) > 0.5:
+            why.append(f"{percent(last['proposer_truncated'])} of proposals were cut off at {budget} tokens")
+        fix.append("an instruction-tuned model that can follow the proposer prompt (prompts/), or a larger "
+                   "--max-new-tokens")
+    else:
+        if (last.get("solver_unparseable") or 0) > 0.5:
+            why.append(f"{percent(last['solver_unparseable'])} of answers have no <answer>...</answer> tag")
+            fix.append("a stronger or instruction-tuned model that writes the answer format")
+        if (last.get("solver_truncated") or 0) > 0.3:
+            why.append(f"{percent(last['solver_truncated'])} of answers were cut off at {budget} tokens")
+            fix.append("a larger --max-new-tokens")
+        if (last.get("too_easy") or 0) > 0.9:
+            why.append(f"every answer agreed on {percent(last['too_easy'])} of questions (nothing to choose between)")
+            fix.append("a harder topic prompt or a higher --temperature")
+        if not why:
+            why.append("every question's answers earned the same reward")
+            fix.append("a stronger model, a larger --max-new-tokens, or the prompts")
+    if last.get("nothing_to_learn"):
+        learns = "the update is skipped: it has nothing to learn"
+    elif last.get("proposer_updated") and last.get("proposer_groups_with_signal"):
+        learns = "only the proposer learns"
+    else:
+        learns = "the update only applies the KL term"
+    return (f"warning: no solver group has had a learning signal for {NO_SIGNAL_STEPS} steps (every advantage is 0, "
+            f"{learns}): {'; '.join(why)}. Try {', or '.join(fix)}.")

@@ -1,5 +1,7 @@
 """Command-line flags built from a dataclass: one source of truth for each setting's default, meaning, choices
-and allowed range, shown by --help and checked before any work starts (as nanoGPT keeps its configurator apart).
+and allowed range, shown by --help and checked before any work starts. (nanoGPT also keeps its command line in
+a file of its own, configurator.py, but that file exec()s overrides into the script's globals; here every
+setting is a typed dataclass field, checked before use.)
 
     @dataclass
     class Config:
@@ -54,3 +56,8 @@ def parse(config_class, argv: list[str] | None, description: str, epilog: str | 
     if problems:
         raise SystemExit("error: " + "; ".join(problems) + ".")
     return config
+
+
+def steps_or_never(text: str) -> int:
+    """A number of steps, or 'never' (= 0): for a period that may be switched off."""
+    return 0 if text == "never" else int(text)

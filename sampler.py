@@ -91,7 +91,7 @@ def load_model(name_or_path: str, device: torch.device, dtype: torch.dtype = tor
     return model, tokenizer
 
 
-def load_for_training(initial: str, weights: str, device: torch.device, with_reference: bool,
+def load_for_training(initial: str, *, weights: str, device: torch.device, with_reference: bool,
                       gradient_checkpointing: bool = False):
     """The models one training run holds -> (policy, sampling copy, frozen reference or None, tokenizer).
 
@@ -333,6 +333,18 @@ def sample_in_chunks(model, prompts, max_new_tokens, temperature, stop_ids, pad_
         completions += sample(model, prompts[begin:begin + chunk_size], max_new_tokens, temperature, stop_ids,
                               pad_id, cuda_graph)
     return completions
+
+
+def micro_batches(sequences: list, token_budget: int, length) -> list[list]:
+    """The training forwards' memory counterpart of sample_in_chunks: group sequences of similar `length(seq)` so
+    that rows x padded length stays within the token budget (sqlm.update_policy's micro-batches)."""
+    batches, current = [], []
+    for sequence in sorted(sequences, key=length):
+        if current and (len(current) + 1) * length(sequence) > token_budget:  # the longest so far, since sorted
+            batches.append(current)
+            current = []
+        current.append(sequence)
+    return batches + [current] if current else batches
 
 
 # ============================================================================ the self-check at load time

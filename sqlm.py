@@ -5,8 +5,9 @@ answers it num_generations times. No labels: for math the majority answer stands
 the proposer's own unit tests judge the solver's program. The proposer is paid for questions that are
 neither too easy nor too hard. Both roles are trained with a hand-written GRPO update.
 
-Read top to bottom, in the order a step happens: config, 1 propose, 2 solve, 3 score, 4 advantages, 5 log-probs,
-6 loss, 7 update, main loop. The machinery (sampler, sandbox, run directory, ...) is in the files it imports.
+Read top to bottom, in the order a step happens; the numbers are the README's walkthrough: config, 1 propose,
+2 parse, 3 solve, 4 score, 5 advantages (rollout runs 1-5), 6 log-probs, 7 loss, 8 update, 9 one training step
+(train_step), 10 main: log and save. The machinery (sampler, sandbox, run directory, ...) is in the files it imports.
 
     python sqlm.py --task multiplication        # python sqlm.py --help explains every flag
 """
@@ -16,7 +17,6 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +33,7 @@ import sandbox
 from flags import option  # a dataclass field plus what --help shows of it: meaning, default, choices, range
 
 # ============================================================================ config
-def steps_or_never(text: str) -> int:
-    """--proposer-update-every: a number of steps, or 'never' (= 0)."""
-    return 0 if text == "never" else int(text)
-
-
-@dataclass
+@dataclasses.dataclass
 class Config:
     task: str = option("multiplication", "the self-play task", choices=evaluate.TASKS)
     model: str = option("Qwen/Qwen2.5-0.5B-Instruct", "hub name or local directory; also the frozen KL reference")
@@ -48,16 +43,15 @@ class Config:
     batch_size: int = option(64, "topic prompts per step (B): B x num_generations questions a step", minimum=1)
     num_generations: int = option(4, "samples per prompt for both roles: the GRPO group size (N)", minimum=2)
     proposer_update_every: int = option(5, "train the proposer on steps where step % k == 0 (the solver trains "
-                                        "every step); 0 or 'never' = frozen", minimum=0, parse=steps_or_never)
+                                        "every step); 0 or 'never' = frozen", minimum=0, parse=flags.steps_or_never)
     proposer_batches: str = option("separate", "the proposer's episodes in mini-batches of their own after the "
                                    "solver's (the release), or mixed into them", choices=("separate", "mixed"))
     gate: str = option("release", "math proposer reward: 'release' pays 1<k<N, 'paper' pays 0<k<N (k = count of "
                        "the majority answer)", choices=("release", "paper"))
-    proposer_min_majority: int = option(0, "math: pay the proposer only if the majority count k >= K too (and k < N),"
-                                        " questions the vote can still teach; 0 = off", minimum=0)
-    solver_min_majority: int = option(0, "math: no loss for the answers to a question whose majority count is below "
-                                      "K (R-Zero's consistency filter), so a weak vote never becomes a target; 0 = off",
-                                      minimum=0)
+    proposer_min_majority: int = option(0, "math: pay the proposer only if also k >= K: questions whose vote can "
+                                        "still teach; 0 = off", minimum=0)
+    solver_min_majority: int = option(0, "math: answers to a question with k < K get no loss (R-Zero's consistency "
+                                      "filter): a weak vote never becomes a target; 0 = off", minimum=0)
     solver_reward: str = option("majority", "math solver reward: 'majority' (SQLM), 'format' (any parseable answer: "
                                 "the paper's baseline), 'truth' (exactly right: USES LABELS, a diagnostic, "
                                 "multiplication only)", choices=("majority", "format", "truth"))
@@ -99,6 +93,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
         problems.append("--solver-reward truth needs questions that can be checked exactly: --task multiplication")
     if config.solver_reward == "format" and config.task == "coding":
         problems.append("--solver-reward format needs math answers: --task multiplication or algebra")
+    if config.task == "coding" and config.proposer_min_majority + config.solver_min_majority or \
+            max(config.proposer_min_majority, config.solver_min_majority) > config.num_generations:
+        problems.append("--proposer-min-majority and --solver-min-majority count votes: a math task, at most N")
     if config.validation_data and not config.eval_every:
         problems.append("--validation-data is only read with --eval-every > 0")
     if problems:
@@ -107,15 +104,14 @@ def parse_config(argv: list[str] | None = None) -> Config:
 
 
 # ============================================================================ 1. propose
-@dataclass
+@dataclasses.dataclass
 class Episode:
     """One sampled completion and what the update needs to know about it (the rollout -> update contract)."""
     prompt_ids: list[int]
     completion_ids: list[int]
     reward: float
     advantage: float = 0.0
-    in_loss: bool = True  # False keeps it out of the loss (the proposal of an invalid question)
-
+    in_loss: bool = True  # False: update_policy skips it (an invalid question's proposal; a weakly voted answer)
 
 def sample_completions(config: Config, model, tokenizer, stop_ids: list[int], prompts: list[list[int]]) -> list:
     """One completion per prompt (token ids, ending in the stop token if it stopped), at the run's temperature."""
@@ -135,6 +131,7 @@ def propose(config: Config, model, tokenizer, stop_ids, step: int, pool: list | 
     return topic_ids, [pool[(step * count + i) % len(pool)] for i in range(count)]
 
 
+# ============================================================================ 2. parse
 def parse_proposal(task: str, tokenizer, completion: list[int], stop_ids: list[int]) -> tuple[str, str | None]:
     """(decoded text, question) of one proposal; the question is None if the proposal never finished (no stop
     token: cut off by the length budget) or does not parse."""
@@ -143,7 +140,7 @@ def parse_proposal(task: str, tokenizer, completion: list[int], stop_ids: list[i
     return text, rewards.parse_question(task, text) if finished else None
 
 
-# ============================================================================ 2. solve
+# ============================================================================ 3. solve
 def solve(config: Config, model, tokenizer, stop_ids: list[int], questions) -> tuple[list, list[list]]:
     """(solver prompt ids per question, N answers per question). A question that is invalid, or whose solver
     prompt is longer than --max-prompt-tokens (it becomes invalid too), gets prompt None and is never solved."""
@@ -156,7 +153,7 @@ def solve(config: Config, model, tokenizer, stop_ids: list[int], questions) -> t
     return prompts, [answers[k * n:(k + 1) * n] for k in range(len(asked))]
 
 
-# ============================================================================ 3. score
+# ============================================================================ 4. score
 def score_questions(task: str, proposal_texts: list[str], completion_texts: list[list[str]], gate: str,
                     solver_reward: str = "majority", min_majority: int = 0) -> list[dict]:
     """Rewards for each question's N solver completions. Math votes; code runs against the proposer's own tests
@@ -172,11 +169,11 @@ def score_questions(task: str, proposal_texts: list[str], completion_texts: list
             scored.append(dict(pass_fractions=passed[q * n:(q + 1) * n], num_tests=len(question_tests),
                                solver_rewards=solver_rewards, proposer_reward=proposer_reward))
         return scored
-    for question, texts in zip(proposal_texts, completion_texts):
+    for proposal, texts in zip(proposal_texts, completion_texts):
         answers = [rewards.extract_answer(text) for text in texts]
         solver_rewards, proposer_reward = rewards.math_rewards(answers, gate, min_majority)
         # The exact value of an arithmetic question: logged for the reader, a reward only under 'truth'.
-        value = curriculum.safe_eval(question) if task == "multiplication" else None
+        value = curriculum.safe_eval(proposal) if task == "multiplication" else None
         truth = rewards.canonical_number(value) if value is not None else None
         if solver_reward == "format":  # ablation: pay any parseable answer, right or wrong (proposer unchanged)
             solver_rewards = rewards.format_rewards(answers)
@@ -188,10 +185,9 @@ def score_questions(task: str, proposal_texts: list[str], completion_texts: list
     return scored
 
 
-# ============================================================================ 4. advantages
+# ============================================================================ 5. advantages
 def group_advantages(group_rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """GRPO advantages: (r - group mean) / (group std + 1e-6) over the valid members of each group.
-
     group_rewards, valid: [groups, N]. std is unbiased (torch.std), as in the authors' release (verl).
     Invalid members get advantage 0 and take no part in their group's statistics."""
     count = valid.sum(-1, keepdim=True).clamp(min=1)  # [G, 1]
@@ -201,22 +197,23 @@ def group_advantages(group_rewards: torch.Tensor, valid: torch.Tensor) -> torch.
     return torch.where(valid, advantages, torch.zeros_like(advantages))
 
 
+# ============================================================================ 1-5 together: the rollout
 def rollout(config: Config, model, tokenizer, stop_ids: list[int], seen_ngrams: set, step: int = 0,
             pool: list[list[int]] | None = None) -> tuple[list[Episode], list[Episode], list[dict], dict]:
-    """Steps 1-4: propose, solve, score, advantages -> (proposer episodes, solver episodes, one record per valid
-    question for samples.jsonl, statistics for metrics.jsonl). seen_ngrams: earlier steps' (read only here)."""
+    """Steps 1-5: propose, parse, solve, score, advantages -> (proposer episodes, solver episodes, one record per
+    valid question for samples.jsonl, statistics for metrics.jsonl). seen_ngrams: earlier steps' (read only)."""
     n, task = config.num_generations, config.task
 
-    # 1. Propose, and parse each proposal into a question: unfinished or unparseable ones are invalid.
+    # 1-2. Propose, and parse each proposal into a question: unfinished or unparseable ones are invalid.
     topic_ids, proposals = propose(config, model, tokenizer, stop_ids, step, pool)
     texts, questions = zip(*(parse_proposal(task, tokenizer, ids, stop_ids) for ids in proposals))
 
-    # 2. Solve: every valid question N times, one GRPO group per question.
+    # 3. Solve: every valid question N times, one GRPO group per question.
     prompts, groups = solve(config, model, tokenizer, stop_ids, questions)
     valid_rows = [row for row, ids in enumerate(prompts) if ids is not None]
     answer_texts = [[tokenizer.decode(ids, skip_special_tokens=True) for ids in group] for group in groups]
 
-    # 3. Score.
+    # 4. Score.
     scores = score_questions(task, [texts[row] for row in valid_rows], answer_texts, config.gate, config.solver_reward,
                              config.proposer_min_majority)
     proposer_rewards, solver_episodes, records = [0.0] * len(proposals), [], []
@@ -229,35 +226,33 @@ def rollout(config: Config, model, tokenizer, stop_ids: list[int], seen_ngrams: 
         records.append(dict(question=questions[row], proposal=texts[row], completions=group_texts, **scored,
                             answer_lengths=[len(ids) for ids in group]))
 
-    # 4. Advantages, per group. Invalid questions are masked out of both losses (the release meant to, but never
+    # 5. Advantages, per group. Invalid questions are masked out of both losses (the release meant to, but never
     #    applied its mask): their proposal is not trained on, and they have no solver episodes.
     valid = torch.tensor([ids is not None for ids in prompts]).view(-1, n)  # [B, N]
     proposer_advantages = group_advantages(torch.tensor(proposer_rewards).view(-1, n), valid)  # [B, N]
-    proposer_episodes = [Episode(topic_ids, ids, r, a, in_loss=ok) for ids, r, a, ok in
-                         zip(proposals, proposer_rewards, proposer_advantages.flatten().tolist(),
-                             valid.flatten().tolist())]
+    proposer_episodes = [Episode(topic_ids, ids, r, a, in_loss=ok) for ids, r, a, ok in zip(
+        proposals, proposer_rewards, proposer_advantages.flatten().tolist(), valid.flatten().tolist())]
     solver_rewards = torch.tensor([e.reward for e in solver_episodes]).view(-1, n)  # [Q, N]
     solver_advantages = group_advantages(solver_rewards, torch.ones_like(solver_rewards, dtype=torch.bool))  # [Q, N]
     for episode, advantage in zip(solver_episodes, solver_advantages.flatten().tolist()):
         episode.advantage = advantage
 
-    # Share of GRPO groups whose rewards differ: only those carry a learning signal (a non-zero advantage).
-    signal = lambda advantages: (advantages != 0).any(-1).float().mean().item() if len(advantages) else 0.0  # noqa
-    stats = dict(valid_fraction=len(valid_rows) / len(proposals), proposer_reward=float(np.mean(proposer_rewards)),
-                 solver_reward=float(np.mean([e.reward for e in solver_episodes])) if solver_episodes else 0.0,
-                 proposer_groups_with_signal=signal(proposer_advantages),
-                 solver_questions_trained=float(np.mean([e.in_loss for e in solver_episodes] or [0.0])),
-                 solver_groups_with_signal=signal(solver_advantages))
+    # *_with_signal: share of groups whose rewards differ (a non-zero advantage). None: nothing to measure.
+    mean = lambda values: float(np.mean(values)) if len(values) else None  # noqa: E731
+    stats = dict(valid_fraction=len(valid_rows) / len(proposals), proposer_reward=mean(proposer_rewards),
+                 solver_reward=mean([e.reward for e in solver_episodes]),
+                 proposer_groups_with_signal=mean((proposer_advantages != 0).any(-1).tolist()),
+                 solver_groups_with_signal=mean((solver_advantages != 0).any(-1).tolist()),
+                 solver_questions_trained=mean([e.in_loss for e in solver_episodes]))
     # A lens for the reader, never a reward: lengths, bands, novelty, question size, the vote checked against truth.
-    answers = [ids for group in groups for ids in group]
-    stats.update(curriculum.step_report(task, records, n, seen_ngrams, proposals, answers, stop_ids))
+    stats.update(curriculum.step_report(task, records, n, seen_ngrams, proposals,
+                                        [ids for group in groups for ids in group], stop_ids))
     return proposer_episodes, solver_episodes, records, stats
 
 
-# ============================================================================ 5. log-probs
+# ============================================================================ 6. log-probs
 def completion_logprobs(model, episodes: list[Episode], temperature: float) -> list[torch.Tensor]:
     """Log-probabilities of each episode's sampled completion tokens, one [len] tensor per episode.
-
     Trains on the sampled ids themselves (never re-tokenised text). Only the hidden states that predict a
     completion token go through the LM head, and the log-softmax runs in fp32 at the sampling temperature."""
     device = model.lm_head.weight.device
@@ -280,50 +275,41 @@ def completion_logprobs(model, episodes: list[Episode], temperature: float) -> l
     return list(logprobs.split([len(e.completion_ids) for e in episodes]))
 
 
-# ============================================================================ 6. loss
+# ============================================================================ 7. loss
 def grpo_token_loss(logprobs, old_logprobs, ref_logprobs, advantages, epsilon: float, beta: float):
-    """Per-token clipped GRPO surrogate plus beta * k3 KL to the reference. All inputs are [tokens].
-
-    k3 = exp(ref - logp) - (ref - logp) - 1 is an unbiased, always-positive estimate of KL(policy || ref)
-    (Schulman's "low_var_kl"; clamped to [-10, 10] like the release, for stability)."""
-    ratio = torch.exp(logprobs - old_logprobs)  # [tokens]; 1.0 on the first mini-batch of a step
+    """Per-token clipped GRPO surrogate plus beta * k3 KL to the reference -> (loss, k3). All are [tokens].
+    k3 = exp(ref - logp) - (ref - logp) - 1 is Schulman's non-negative, unbiased estimate of KL(policy || ref)
+    (verl calls it "low_var_kl"). The loss clamps it at 10 as the release does ([-10, 10] there; k3 >= 0, so only
+    the upper bound can act): on a token that has drifted that far the KL term stops pulling it back. The k3
+    returned, and logged as `kl`, is the unclamped one."""
+    ratio = torch.exp(logprobs - old_logprobs)  # [tokens]; ~1.0 on a step's first mini-batch (same weights)
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon)
     policy_loss = -torch.min(ratio * advantages, clipped * advantages)  # [tokens]
     if ref_logprobs is None:
         return policy_loss, torch.zeros_like(policy_loss)
     log_ratio = ref_logprobs - logprobs
-    kl = (torch.exp(log_ratio) - log_ratio - 1).clamp(-10, 10)  # [tokens]
-    return policy_loss + beta * kl, kl
+    k3 = torch.exp(log_ratio) - log_ratio - 1  # [tokens]
+    return policy_loss + beta * k3.clamp(max=10), k3
 
 
-# ============================================================================ 7. update
-def micro_batches(episodes: list[Episode], token_budget: int) -> list[list[Episode]]:
-    """Group episodes of similar length so that rows x padded length stays within the token budget."""
-    ordered = sorted(episodes, key=lambda e: len(e.prompt_ids) + len(e.completion_ids))
-    batches, current = [], []
-    for e in ordered:
-        length = len(e.prompt_ids) + len(e.completion_ids)  # the longest so far, since sorted
-        if current and (len(current) + 1) * length > token_budget:
-            batches.append(current)
-            current = []
-        current.append(e)
-    return batches + [current] if current else batches
-
-
+# ============================================================================ 8. update
 def update_policy(config: Config, policy, reference, optimizer, episodes: list[Episode], device,
                   then: list[Episode] = ()) -> dict:
-    """One epoch of GRPO over the episodes, then over `then`: shuffled mini-batches, one optimizer step each.
-
-    The loss is token-mean over each mini-batch: every completion token weighs the same, so long answers are
-    not down-weighted per token (the fix GRPO-Zero and Dr. GRPO argue for). That is why the proposer's episodes
-    come `then`, in mini-batches of their own, as in the release: mixed into the solver's, a question's few tokens
-    would be averaged with hundreds of answer tokens, and the proposer would hardly learn. The old log-probs of
-    both are taken first, under the policy that sampled them."""
+    """One epoch of GRPO over the episodes in the loss (in_loss), then over `then`'s: shuffled mini-batches, one
+    optimizer step each; the loss is the token mean over a mini-batch (GRPO-Zero's choice, after DAPO). The
+    proposer's episodes come `then`, in mini-batches of their own, as in the release. Old log-probs are recomputed
+    by the policy itself. No pass (`nothing_to_learn`) when every advantage is 0 and the KL term is 0 too (no
+    reference, or no optimizer step yet): the gradient would be exactly 0, the step only weight decay."""
+    episodes, then = [e for e in episodes if e.in_loss], [e for e in then if e.in_loss]
+    length = lambda e: len(e.prompt_ids) + len(e.completion_ids)  # noqa: E731  (micro-batches by padded tokens)
+    kl_can_act = reference is not None and config.beta > 0 and bool(optimizer.state)
+    if not any(e.advantage != 0 for e in episodes + then) and not (kl_can_act and episodes + then):
+        return dict(loss=None, kl=None, grad_norm=None, optimizer_steps=0, skipped_nonfinite=0, nothing_to_learn=True)
     # bf16 compute on CUDA while the master weights and optimizer state stay fp32.
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")  # noqa: E731
     old, ref = {}, {}  # log-probs under the sampling policy (for the ratio) and the reference (for KL), by episode
     with torch.no_grad(), autocast():
-        for batch in micro_batches(list(episodes) + list(then), config.micro_batch_tokens):
+        for batch in sampler.micro_batches(episodes + then, config.micro_batch_tokens, length):
             old.update(zip(map(id, batch), completion_logprobs(policy, batch, config.temperature)))
             if reference is not None and config.beta > 0:
                 ref.update(zip(map(id, batch), completion_logprobs(reference, batch, config.temperature)))
@@ -333,12 +319,12 @@ def update_policy(config: Config, policy, reference, optimizer, episodes: list[E
         random.shuffle(order)
         mini_batches += [[part[i] for i in order[begin:begin + config.mini_batch_size]]
                          for begin in range(0, len(order), config.mini_batch_size)]
-    losses, kls, grad_norms, skipped = [], [], [], 0
+    done, skipped = [], 0  # (loss, kl, grad norm) of each optimizer step taken; steps skipped
     for mini_batch in mini_batches:
         total_tokens = sum(len(e.completion_ids) for e in mini_batch)
         loss_sum, kl_sum = 0.0, 0.0
         optimizer.zero_grad(set_to_none=True)
-        for batch in micro_batches(mini_batch, config.micro_batch_tokens):
+        for batch in sampler.micro_batches(mini_batch, config.micro_batch_tokens, length):
             with autocast():
                 logprobs = torch.cat(completion_logprobs(policy, batch, config.temperature))  # [tokens]
             old_logprobs = torch.cat([old[id(e)] for e in batch])  # [tokens]
@@ -353,23 +339,21 @@ def update_policy(config: Config, policy, reference, optimizer, episodes: list[E
             kl_sum += kl.sum().item() / total_tokens
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
         if not math.isfinite(loss_sum) or not torch.isfinite(grad_norm):
-            skipped += 1  # a NaN/inf loss would poison the weights: skip this optimizer step, and count it
+            skipped += 1  # a NaN/inf loss or gradient would poison the weights: skip this optimizer step, count it
             optimizer.zero_grad(set_to_none=True)
             continue
         optimizer.step()
-        losses.append(loss_sum)
-        kls.append(kl_sum)
-        grad_norms.append(grad_norm.item())
-    mean = lambda values, empty: float(np.mean(values)) if values else empty  # noqa: E731
-    return dict(loss=mean(losses, float("nan")), kl=mean(kls, 0.0), grad_norm=mean(grad_norms, 0.0),
-                optimizer_steps=len(losses), skipped_nonfinite=skipped)
+        done.append((loss_sum, kl_sum, grad_norm.item()))
+    loss, kl, grad_norm = (float(np.mean(column)) for column in zip(*done)) if done else (None, None, None)
+    return dict(loss=loss, kl=kl, grad_norm=grad_norm, optimizer_steps=len(done), skipped_nonfinite=skipped,
+                nothing_to_learn=False)
 
 
-# ============================================================================ 8. one training step
+# ============================================================================ 9. one training step
 def train_step(config: Config, step: int, policy, sampling, reference, optimizer, tokenizer, stop_ids: list[int],
                seen_ngrams: set, pool: list | None, device) -> tuple[list[dict], dict]:
-    """One step of SQLM -> (records for samples.jsonl, metrics for metrics.jsonl): the rollout (steps 1-4), which
-    episodes train this step, the update (5-7), and the new weights copied into the sampling model."""
+    """One step of SQLM -> (records for samples.jsonl, metrics for metrics.jsonl): the rollout (steps 1-5), which
+    episodes train this step, the update (6-8), and the new weights copied into the sampling model."""
     started = time.time()
     proposer_episodes, solver_episodes, records, stats = rollout(config, sampling, tokenizer, stop_ids, seen_ngrams,
                                                                  step, pool)
@@ -377,37 +361,34 @@ def train_step(config: Config, step: int, policy, sampling, reference, optimizer
     if device.type == "cuda":
         torch.cuda.empty_cache()  # hand the KV cache back before the update needs the memory
     # The solver learns every step; the proposer only every k-th step, from this step's own proposals (never with
-    # a pre-generated pool: there is no proposer in the loop then). Invalid proposals, and with
-    # --solver-min-majority the answers to weakly voted questions, have in_loss False and stay out.
+    # a pre-generated pool: there is no proposer in the loop then). update_policy skips episodes not in_loss.
     update_proposer = pool is None and config.proposer_update_every > 0 and step % config.proposer_update_every == 0
-    trained_proposals = [e for e in proposer_episodes if e.in_loss] if update_proposer else []
-    trained_answers = [e for e in solver_episodes if e.in_loss]
-    mixed, then = (trained_proposals, []) if config.proposer_batches == "mixed" else ([], trained_proposals)
-    update = dict(loss=None, kl=None, grad_norm=None, optimizer_steps=0, skipped_nonfinite=0)  # nothing to train
-    if trained_answers or trained_proposals:
-        policy.train()
-        update = update_policy(config, policy, reference, optimizer, trained_answers + mixed, device, then)
+    proposals = proposer_episodes if update_proposer else []
+    mixed, then = (proposals, []) if config.proposer_batches == "mixed" else ([], proposals)
+    policy.train()
+    update = update_policy(config, policy, reference, optimizer, solver_episodes + mixed, device, then)
     if sampling is not policy:
         sampler.copy_weights(policy, sampling)
     return records, dict(step=step, **stats, **update, proposer_updated=update_proposer,
-                         proposer_episodes_trained=len(trained_proposals), solver_episodes_trained=len(trained_answers),
+                         proposer_episodes_trained=sum(e.in_loss for e in proposals),
+                         solver_episodes_trained=sum(e.in_loss for e in solver_episodes),
                          seconds=time.time() - started, rollout_seconds=rollout_seconds,
                          tokens_per_s=stats["sampled_tokens"] / rollout_seconds)
 
 
-# ============================================================================ main loop
+# ============================================================================ 10. main: log and save
 def build_question_pool(config: Config, model, tokenizer, stop_ids: list[int], path: Path) -> list[list[int]]:
     """--question-pool (the paper's "pre-generate all problems up front"): ask the untrained proposer once for
     config.question_pool proposals and keep those that parse. Saved to `path`: a resumed run reuses the pool."""
     if not path.exists():
         _, proposals = propose(dataclasses.replace(config, batch_size=config.question_pool, num_generations=1),
                                model, tokenizer, stop_ids, 0, None)
-        parsed = [(ids, *parse_proposal(config.task, tokenizer, ids, stop_ids)) for ids in proposals]
-        kept = [(ids, text) for ids, text, question in parsed if question]
-        if not kept:
+        parsed = [parse_proposal(config.task, tokenizer, ids, stop_ids) for ids in proposals]  # (text, question)
+        if not any(question for _, question in parsed):
             raise SystemExit(f"error: none of the {config.question_pool} pre-generated proposals is a valid question; "
                              "this model cannot propose for this task.")
-        rundir.write_json(path, dict(questions=[text for _, text in kept], proposal_ids=[ids for ids, _ in kept]))
+        rundir.write_json(path, dict(questions=[text for text, question in parsed if question],
+                                     proposal_ids=[ids for ids, (_, question) in zip(proposals, parsed) if question]))
     return json.loads(path.read_text())["proposal_ids"]
 
 
@@ -420,8 +401,9 @@ def main(argv: list[str] | None = None) -> None:
     with rundir.claim(out, dataclasses.asdict(config), config.resume, RESUMABLE) as (checkpoint, state), \
             rundir.stop_requests() as stop_requested:
         rundir.seed_everything(config.seed)
-        policy, sampling, reference, tokenizer = sampler.load_for_training(
-            config.model, str(checkpoint or config.model), device, config.beta > 0, config.gradient_checkpointing)
+        policy, sampling, reference, tokenizer = sampler.load_for_training(  # training starts from `weights`
+            config.model, weights=str(checkpoint or config.model), device=device, with_reference=config.beta > 0,
+            gradient_checkpointing=config.gradient_checkpointing)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         stop_ids = sampler.stop_token_ids(policy, tokenizer)
         if config.task == "coding":  # say how model-written programs are isolated (loudly, when only by limits)
@@ -429,18 +411,20 @@ def main(argv: list[str] | None = None) -> None:
         budget = evaluate.max_new_tokens(config.task, policy, config.max_new_tokens)
         # Resuming restores all a run needs to go on exactly: optimizer moments, every RNG state, the counters.
         start_step, seen_ngrams, best_validation = rundir.restore(state, optimizer) if state else (0, set(), -1.0)
-
-        def validate() -> float:
-            return evaluate.score(sampling, tokenizer, config.task, validation, stop_ids, budget)["accuracy"]
-
+        validate = lambda: evaluate.score(  # noqa: E731
+            sampling, tokenizer, config.task, validation, stop_ids, budget)["accuracy"]
         initial_validation = validate() if validation and start_step == 0 else None
         pool = build_question_pool(config, sampling, tokenizer, stop_ids, out / "question_pool.json") \
             if config.question_pool else None
         progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc=config.task)
+        history = []  # the steps' metrics, so that a run that cannot learn says so
         for step in progress:
             records, metrics = train_step(config, step, policy, sampling, reference, optimizer, tokenizer, stop_ids,
                                           seen_ngrams, pool, device)
             seen_ngrams |= curriculum.step_ngrams([record["question"] for record in records])
+            history.append(metrics)
+            if warning := curriculum.no_signal_warning(history, budget):  # once a streak of steps without signal
+                tqdm.write(warning)
             last = step + 1 == config.steps
             if initial_validation is not None and step == 0:
                 metrics["validation_accuracy_initial"] = initial_validation  # before any update
@@ -452,8 +436,8 @@ def main(argv: list[str] | None = None) -> None:
             keep = records if config.samples_per_step == 0 else records[:config.samples_per_step]
             rundir.append_jsonl(out / "samples.jsonl", [dict(step=step, **record) for record in keep])
             rundir.append_jsonl(out / "metrics.jsonl", [metrics])
-            progress.set_postfix(proposer=f"{metrics['proposer_reward']:.2f}", solver=f"{metrics['solver_reward']:.2f}",
-                                 valid=f"{metrics['valid_fraction']:.2f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+            progress.set_postfix({key: "-" if metrics[key] is None else round(metrics[key], 2) for key in
+                                  ("proposer_reward", "solver_reward", "valid_fraction", "tokens_per_s")})
             if (step + 1) % config.save_every == 0 or last or stop_requested():
                 rundir.save_checkpoint(out / "checkpoint", policy, tokenizer, rundir.trainer_state(
                     step + 1, optimizer, seen_ngrams=seen_ngrams, best_validation=best_validation))

@@ -128,7 +128,7 @@ def test_majority_histogram_counts():
 def test_band_shares_follow_the_proposer_reward():
     assert band_shares([True, False, False, True], [False, True, False, False]) == \
         dict(too_hard=0.25, in_band=0.5, too_easy=0.25)
-    assert band_shares([], []) == dict(too_hard=0.0, in_band=0.0, too_easy=0.0)
+    assert band_shares([], []) == dict(too_hard=None, in_band=None, too_easy=None)  # nothing to measure
     # Under each gate the in-band share is exactly the share of questions the proposer was paid for.
     for gate in ("release", "paper"):
         groups = (["1", "1", "2", "3"], ["1", "1", "1", "1"], ["1", "2", "3", None], [None] * 4, ["1", "1", "1", "2"])
@@ -157,15 +157,15 @@ def test_novelty_and_update():
     assert novelty(step_one, seen) == 0.0
     # "1+2+3+4" has n-grams (1,+,2) (+,2,+) (2,+,3) seen and (+,3,+) (3,+,4) new.
     assert novelty(["1+2+3+4"], seen) == pytest.approx(2 / 5)
-    assert novelty([], seen) == 0.0
-    assert novelty([None, ""], seen) == 0.0
+    assert novelty([], seen) is None
+    assert novelty([None, ""], seen) is None
     assert seen == step_ngrams(step_one)  # novelty never mutates the caller's history
 
 
 def test_distinct_fraction():
     assert distinct_fraction(["3 + 4", "3+4", "What is 5*6?", "what is 5 * 6 ?"]) == 0.5
     assert distinct_fraction(["1+1", "2+2", None]) == 1.0
-    assert distinct_fraction([]) == 0.0
+    assert distinct_fraction([]) is None
 
 
 # ----------------------------------------------------------------------------- audit_step
@@ -218,3 +218,35 @@ def test_step_report_on_a_hand_built_step():
     assert report["novelty"] == 1.0 and not seen  # everything is new on the first step; `seen` is not changed
     seen |= step_ngrams([r["question"] for r in records])
     assert curriculum.step_report("multiplication", records, 4, seen, proposals, answers, stop)["novelty"] == 0.0
+
+
+# ----- a run that cannot learn says so --------------------------------------------------------------------------
+
+SILENT = dict(solver_groups_with_signal=0.0, valid_fraction=1.0, solver_unparseable=1.0, solver_truncated=0.7,
+              too_easy=0.0, nothing_to_learn=True)
+
+
+def test_no_signal_warning_once_a_streak_with_the_measured_reasons():
+    history = [dict(SILENT) for _ in range(2)]
+    assert curriculum.no_signal_warning(history, 128) is None  # two silent steps: not yet
+    history.append(dict(SILENT))
+    warning = curriculum.no_signal_warning(history, 128)
+    assert warning.startswith("warning: ") and "\n" not in warning
+    assert "100% of answers have no <answer>...</answer> tag" in warning
+    assert "70% of answers were cut off at 128 tokens" in warning and "--max-new-tokens" in warning
+    assert "instruction-tuned" in warning and "the update is skipped" in warning
+    history.append(dict(SILENT))
+    assert curriculum.no_signal_warning(history, 128) is None  # said once for the streak
+    history += [dict(SILENT, solver_groups_with_signal=0.5)] + [dict(SILENT)] * 3
+    assert curriculum.no_signal_warning(history, 128) is not None  # a new streak after a step with signal
+
+
+def test_no_signal_warning_names_no_valid_questions_and_unanimous_votes():
+    invalid = dict(solver_groups_with_signal=None, valid_fraction=0.0, proposer_truncated=0.9, optimizer_steps=0)
+    warning = curriculum.no_signal_warning([invalid] * 3, 64)
+    assert "no proposal was a valid question" in warning and "90% of proposals were cut off at 64" in warning
+    unanimous = dict(solver_groups_with_signal=0.0, valid_fraction=1.0, solver_unparseable=0.0,
+                     solver_truncated=0.0, too_easy=1.0, optimizer_steps=1)
+    warning = curriculum.no_signal_warning([unanimous] * 3, 64)
+    assert "every answer agreed on 100% of questions" in warning and "only applies the KL term" in warning
+    assert curriculum.no_signal_warning([dict(unanimous, solver_groups_with_signal=0.2)] * 5, 64) is None

@@ -84,7 +84,7 @@ def test_completion_logprobs_match_cross_entropy(varied_dir):
 
 def test_micro_batches_respect_token_budget():
     episodes = [sqlm.Episode([1] * p, [2] * c, 0.0) for p, c in [(5, 5), (3, 1), (10, 30), (2, 2), (8, 8)]]
-    batches = sqlm.micro_batches(episodes, token_budget=40)
+    batches = sampler.micro_batches(episodes, 40, lambda e: len(e.prompt_ids) + len(e.completion_ids))
     assert sorted(id(e) for b in batches for e in b) == sorted(id(e) for e in episodes)
     for batch in batches:
         longest = max(len(e.prompt_ids) + len(e.completion_ids) for e in batch)
@@ -158,3 +158,38 @@ def test_the_proposer_gets_mini_batches_of_its_own(varied_dir):
     separate = sqlm.update_policy(config, model, None, optimizer, solver, device, then=proposer)
     mixed = sqlm.update_policy(config, model, None, optimizer, solver + proposer, device)
     assert separate["optimizer_steps"] == 2 and mixed["optimizer_steps"] == 1
+
+
+def test_kl_is_clamped_at_10_in_the_loss_only():
+    """k3 >= 0, so only the release's upper bound can act: the loss uses min(k3, 10) (no KL gradient beyond it),
+    while the k3 returned (logged as `kl`) is the unclamped one."""
+    logprobs = torch.tensor([-20.0, -1.0], requires_grad=True)
+    ref = torch.tensor([-1.0, -1.0])  # the first token drifted far below the reference: k3 = e^19 - 20
+    loss, kl = sqlm.grpo_token_loss(logprobs, logprobs.detach(), ref, torch.zeros(2), epsilon=0.2, beta=0.5)
+    assert kl[0].item() == pytest.approx(math.exp(19) - 19 - 1, rel=1e-5) and kl[1].item() == 0.0
+    assert torch.allclose(loss, torch.tensor([0.5 * 10.0, 0.0]))
+    loss.sum().backward()
+    assert logprobs.grad.tolist() == [0.0, 0.0]  # clamped token: no pull back; the other: k3' = 0 at ref
+
+
+@pytest.mark.parametrize("beta, stepped_before, runs", [(0.0, False, False), (0.0, True, False),
+                                                         (0.1, False, False), (0.1, True, True)])
+def test_an_update_with_nothing_to_learn_is_skipped(varied_dir, beta, stepped_before, runs):
+    """Every advantage 0: the surrogate has no gradient. The KL term has one only if there is a reference and the
+    policy has already moved away from it (an optimizer step was taken); otherwise the pass is skipped and the
+    weights stay exactly as they were (no weight decay either)."""
+    model, tokenizer = sampler.load_model(str(varied_dir), torch.device("cpu"))
+    reference = sampler.load_model(str(varied_dir), torch.device("cpu"))[0] if beta else None
+    eos = tokenizer.eos_token_id
+    config = sqlm.Config(beta=beta, mini_batch_size=8, weight_decay=0.5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.5)
+    device = torch.device("cpu")
+    if stepped_before:  # one real update first: the policy leaves the reference, the optimizer has state
+        sqlm.update_policy(config, model, reference, optimizer, _episodes(tokenizer, [[5, 6, eos], [7, eos]],
+                                                                          [1.0, -1.0]), device)
+    before = [p.detach().clone() for p in model.parameters()]
+    result = sqlm.update_policy(config, model, reference, optimizer, _episodes(tokenizer, [[5, 6, eos], [7, eos]]),
+                                device)
+    changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert result["nothing_to_learn"] is not runs and changed is runs
+    assert (result["optimizer_steps"] > 0) is runs and (result["loss"] is None) is not runs

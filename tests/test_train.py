@@ -90,9 +90,27 @@ def test_unfinished_and_over_long_proposals_are_invalid(varied_dir, monkeypatch)
     assert proposer[1].advantage == proposer[2].advantage == 0.0
 
 
+def answers_from_real_samples(monkeypatch, tokenizer):
+    """The solver still samples for real (so the RNG state matters), but each answer becomes '<answer>1</answer>'
+    or '<answer>2</answer>' by the parity of its first sampled token: a random model's 8 tokens never write the
+    answer format, and without differing rewards there is no advantage and nothing to update."""
+    sample_answers = sqlm.sample_completions  # already the fake_proposals wrapper
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def sample_completions(config, model, tokenizer_, stop_ids, prompts):
+        completions = sample_answers(config, model, tokenizer_, stop_ids, prompts)
+        if prompts and "<answer>" not in tokenizer.decode(prompts[0]):  # the proposer's turn: leave it
+            return completions
+        return [tokenizer(f"<answer>{1 + (ids[0] % 2 if ids else 0)}</answer>")["input_ids"] + [stop]
+                for ids in completions]
+
+    monkeypatch.setattr(sqlm, "sample_completions", sample_completions)
+
+
 def test_resume_continues_exactly(varied_dir, tmp_path, monkeypatch):
     tokenizer = sampler.load_model(str(varied_dir), torch.device("cpu"))[1]
     fake_proposals(monkeypatch, tokenizer, ["12 * 34", "5 * 6"])
+    answers_from_real_samples(monkeypatch, tokenizer)
     args = ["--model", varied_dir, "--steps", 3, *FAST, "--proposer-update-every", 1, "--lr", "1e-3",
             "--save-every", 1]
     run([*args, "--out", tmp_path / "straight"])
@@ -105,7 +123,7 @@ def test_resume_continues_exactly(varied_dir, tmp_path, monkeypatch):
     timing = {"seconds", "rollout_seconds", "tokens_per_s"}
     assert [{k: v for k, v in m.items() if k not in timing} for m in straight] == \
            [{k: v for k, v in m.items() if k not in timing} for m in resumed]
-    assert straight[-1]["optimizer_steps"] > 0
+    assert all(m["optimizer_steps"] > 0 for m in straight)  # the resumed step too: optimizer moments matter
     weights = [sampler.load_model(str(tmp_path / name / "checkpoint"), torch.device("cpu"))[0]
                for name in ("straight", "resumed")]
     for a, b in zip(*(w.parameters() for w in weights)):
@@ -165,6 +183,7 @@ def test_nonfinite_loss_is_skipped_and_counted(varied_dir, monkeypatch):
 def test_validation_best_checkpoint_and_curriculum_metrics(varied_dir, tmp_path, monkeypatch):
     tokenizer = sampler.load_model(str(varied_dir), torch.device("cpu"))[1]
     fake_proposals(monkeypatch, tokenizer, ["12 * 34", "5*6+1"])
+    answers_from_real_samples(monkeypatch, tokenizer)  # so that the second step changes the weights
     out = tmp_path / "run"
     run(["--model", varied_dir, "--steps", 2, "--out", out, *FAST, "--eval-every", 1, "--eval-limit", 4,
          "--lr", "1e-3"])

@@ -11,8 +11,9 @@ Code: the proposer writes unit tests; the solver's program runs against them (sa
 
 Parity with the authors' release (lili-chen/self-questioning-lm, a verl fork) is pinned case by case in
 tests/test_release_parity.py; every deliberate difference there has a key and a reason. File:line references
-below are to that repository at commit 7844786 (and to volcengine/verl at 10f0796 for the code sandbox, whose
-`compute_score` signature is the one the release calls).
+below are to that repository at commit fe1dd02 (whose code is that of 7844786: it only deletes the README). Its code
+scorer is the copy of verl's sandbox_fusion bundled in the release, verl/utils/reward_score/sandbox_fusion/, which
+verl/utils/reward_score/__init__.py:65-71 calls; "sandbox_fusion/" below means that copy.
 """
 
 import re
@@ -22,8 +23,8 @@ from fractions import Fraction
 # ----------------------------------------------------------------------------- parsing proposals
 
 TESTS_MARKER = "Test Cases:"
-# The release scores a program on the first 10 tests only (verl sandbox_fusion/__init__.py:83,
-# `continuous=True`, called from verl/utils/reward_score/__init__.py); the prompt asks for 5.
+# The release scores a program on the first 10 tests only (sandbox_fusion/__init__.py:83-90, `continuous=True`
+# from verl/utils/reward_score/__init__.py:71); the prompt asks for 5.
 MAX_TESTS = 10
 
 
@@ -87,28 +88,42 @@ def parse_tests(text: str) -> list[tuple[str, str]]:
     return tests[:MAX_TESTS]
 
 
-# A python block: ```python (```py, ```python3, any capitalisation) alone on its line, up to the next ``` or the
-# end of the text (an unclosed last block still counts, as in the release). Openers are searched for directly, so a
-# stray ``` earlier in the text cannot pair up with one of them.
-_PYTHON_BLOCK = re.compile(r"```(?:python3?|py)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
-_TAG_LINE = re.compile(r"[A-Za-z][\w+#.-]*")
+# A python block. Its opener is ``` and a python tag (python, python3, python3.10, py; any capitalisation) that ends
+# its line, wherever the fence stands ("Here: ```python"); or, on a line the fence opens, the tag and more words
+# (```python title="a.py"), which are markup, not code. Openers are searched for directly, so a stray ``` earlier in
+# the text cannot pair up with one of them, and a ```python inside a sentence ("the ```python block above") opens
+# nothing. The program runs up to the next ```, which is left unconsumed, so a fence reopened at once (```python)
+# starts a new block; or to the end of the text (an unclosed last block counts, as in the release). \r?\n: a CRLF
+# line end is a line end too.
+_PY_TAG = r"(?:python|py)[\d.]*"
+_PYTHON_BLOCK = re.compile(rf"""
+    (?: ```{_PY_TAG}[ \t]*                  # ```python alone at the end of its line
+      | ^[ \t]*```{_PY_TAG}[ \t][^`\r\n]*   # or opening its line, with words after the tag
+    ) \r?\n
+    (.*?) (?=```|\Z)                         # the program
+""", re.DOTALL | re.IGNORECASE | re.MULTILINE | re.VERBOSE)
+# The first line of the fallback's block, when it is markup rather than code: a language name ("Python", "text": the
+# release's str.isalpha() test), or a python tag and more words (a fence inside a line: "Here ```python title=...").
+_PY_TAG_AND_WORDS = re.compile(rf"{_PY_TAG}[ \t].*", re.IGNORECASE)
 
 
 def extract_code(text: str) -> str | None:
     """The solver's program: the last ```python block; without one, the first fenced block of any kind (its
-    language tag line dropped), as the release's sandbox does (verl sandbox_fusion/__init__.py:46-57).
-    None when there is no fence at all or the block is blank."""
+    language tag line dropped), as the release's sandbox does (sandbox_fusion/__init__.py:46-57).
+    None when there is no fence at all (the release scores 0 without running anything, :58-59) or the block is
+    blank."""
     blocks = _PYTHON_BLOCK.findall(text)
     if blocks:
         code = blocks[-1]
     elif "```" in text:
         code = text.split("```")[1]  # the text after the first fence, up to the next one
         first_line, newline, rest = code.partition("\n")
-        if newline and _TAG_LINE.fullmatch(first_line.strip()):
+        tag = first_line.strip()
+        if newline and (tag.isalpha() or _PY_TAG_AND_WORDS.fullmatch(tag)):
             code = rest
     else:
         return None
-    code = code.strip("\n")
+    code = code.strip("\r\n")
     return code if code.strip() else None
 
 
@@ -119,8 +134,9 @@ def extract_code(text: str) -> str | None:
 _INT = r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)"
 _NUMBER = re.compile(rf"^({_INT})(?:\.(\d+))?(?:\s*/\s*({_INT}))?$")
 # The release accepts whatever Python's int() accepts, which stops at 4300 digits
-# (sys.int_info.default_max_str_digits); longer text is refused before any parsing.
-_MAX_ANSWER_CHARS = 4400
+# (sys.int_info.default_max_str_digits) but does not count "_" separators: its longest answer is a sign and 4300
+# digits with a "_" between every two, 8600 characters. Longer text is refused before any parsing.
+_MAX_ANSWER_CHARS = 8600
 
 
 def parse_number(text: str) -> Fraction | None:

@@ -1,21 +1,35 @@
 """Differential fixture: rewards.py (and sandbox's output comparison) against the authors' release.
 
-The release is lili-chen/self-questioning-lm at commit 7844786 (a fork of verl). Its coding reward runs in verl's
-sandbox_fusion scorer, cited at volcengine/verl@10f0796 (the revision whose `compute_score` signature is the one
-the release calls in verl/utils/reward_score/__init__.py). Short names used in the comments:
-    multiply.py     = verl/utils/reward_score/multiply.py
-    majority.py     = verl/workers/reward_manager/majority.py
-    ray_trainer.py  = verl/trainer/ppo/ray_trainer.py
-    sf/__init__.py  = verl/utils/reward_score/sandbox_fusion/__init__.py   (volcengine/verl@10f0796)
-    sf/utils.py     = verl/utils/reward_score/sandbox_fusion/utils.py      (volcengine/verl@10f0796)
-Line numbers were counted in those stored copies; every comment also names the expression it pins. A
-`# release:` comment covers the cases below it, up to the next comment.
+The release is lili-chen/self-questioning-lm (a fork of verl) at commit fe1dd02ecf4ab4f3c398acd186c6caaa970cbd58;
+its only change from the first commit, 7844786, is a deleted README, so the code and its line numbers are those of
+7844786. Every file cited is the release's own. Its coding reward is its bundled copy of verl's sandbox_fusion
+scorer (not upstream verl's, whose lines differ): coding_selfplay.yaml:3-7 sets a sandbox URL and the "prime"
+reward manager, reward.py:116-129 passes that URL on, and the solver's data source "codecontests"
+(ray_trainer.py:1137) reaches the bundled scorer with continuous=True (reward_score/__init__.py:65-71). Short names
+used in the comments:
+    multiply.py              = verl/utils/reward_score/multiply.py
+    majority.py              = verl/workers/reward_manager/majority.py
+    ray_trainer.py           = verl/trainer/ppo/ray_trainer.py
+    reward.py                = verl/trainer/ppo/reward.py
+    reward_score/__init__.py = verl/utils/reward_score/__init__.py
+    dp_actor.py              = verl/workers/actor/dp_actor.py
+    core_algos.py            = verl/trainer/ppo/core_algos.py
+    main_ppo.py              = verl/trainer/main_ppo.py
+    ppo_trainer.yaml         = verl/trainer/config/ppo_trainer.yaml
+    coding_selfplay.yaml     = verl/trainer/config/exps/coding_selfplay.yaml
+    sf/__init__.py           = verl/utils/reward_score/sandbox_fusion/__init__.py   (README: sandbox_fusion/)
+    sf/utils.py              = verl/utils/reward_score/sandbox_fusion/utils.py
+README's table of differences names the same files the same way. Line numbers were counted at that commit; every
+comment also names the expression it pins. A `# release:` comment covers the cases below it, up to the next comment.
 
-Each case states, as data, what the release returns for the input (derived by reading its code: none of it is
-copied or run here) and what sqlm returns. A case without `differs` asserts sqlm == release. A case with
-`differs="<key>"` is a deliberate difference: the test asserts sqlm's documented behaviour, that the two really
-differ, and that the key is explained in DIFFERENCES (which README's table "Where we differ from the release, and
-why" must list).
+Each case states, as data, what the release returns for the input and what sqlm returns. The release values were
+derived by reading the cited lines, then checked by calling the release's own pure functions (multiply.py's
+extract_solution, ray_trainer.py's extract_unit_tests and extract_problem_description, sf/__init__.py's
+compute_score and sf/utils.py's _process_single_case with the sandbox call stubbed) on every input, outside this
+repository: none of the release's code is copied or run here. A case without `differs` asserts sqlm == release. A
+case with `differs="<key>"` is a deliberate difference: the test asserts sqlm's documented behaviour, that the two
+really differ, and that the key is explained in DIFFERENCES (which README's table "Where we differ from the release,
+and why" must list).
 
 Representation of the release's result, per function:
     extract_answer    the string multiply.extract_solution returns (the stripped tag content, kept only if int()
@@ -23,9 +37,11 @@ Representation of the release's result, per function:
     majority_vote     (Counter(answers).most_common(1)[0][0], its count): None takes part in the vote
     math_rewards      (solver rewards, proposer reward) from majority.py:92 and ray_trainer.py:1194-1196
     parse_question    the question text the release puts after the solver instruction (for coding: the problem
-                      description); `release_mask` is the loss mask it builds (never applied, dp_actor.py)
+                      description); `release_mask` is the loss mask it builds (never applied: dp_actor.py:372-375 reads
+                      it only for multi-turn rollouts, off in these runs)
     parse_tests       the (input, output) pairs of extract_unit_tests that are scored: the first 10
-    extract_code      the program text sf/__init__.py hands to the sandbox, blank lines around it removed
+    extract_code      the program text sf/__init__.py hands to the sandbox, line ends around it removed; None when
+                      it hands none (no fence: it scores 0 without running anything)
     passes            whether sf/utils.py counts the test as passed (clean exit and equal stdout)
     pass_fraction     the continuous score of sf/__init__.py for the proposal's tests
 """
@@ -57,17 +73,20 @@ DIFFERENCES = {
     "invalid_masked": "an invalid proposal (no marker) is not solved and is masked out of both losses; the release "
                       "builds a 0 mask but never applies it (multi_turn is off), so it solves and trains on it",
     "coding_validity": "a coding proposal with no test line, or with an empty problem, is invalid; the release "
-                       "keeps it (mask 1) and every program scores 0 on it",
+                       "keeps both (mask 1): without tests every program scores 0, and with an empty problem the "
+                       "solver is asked the bare instruction and scored on the tests as usual",
     "test_line_cleanup": "list markup ('1. ', '- ') and backticks around a test's input/output are removed; the "
                          "release feeds them to the program, so no program can pass that test",
     "literal_newline": "a written-out '\\n' in a test (which the release's prompt asks for) is a newline; the "
                        "release compares the two characters literally, so no program can pass that test",
-    "fence_tag_line": "the whole tag line of a ```python3 block is dropped; the release runs the rest of the line "
-                      "after '```python' ('3') as code",
+    "fence_tag_line": "the whole tag line of a python block is dropped (```python3, ```python3.10, ```python "
+                      "title=\"a.py\"); the release runs the rest of that line after '```python' as code: a number "
+                      "or title=\"a.py\" is a valid statement, a word such as showLineNumbers fails the program",
+    "fence_in_prose": "a ```python inside a sentence after the program ('the ```python block above') opens no "
+                      "block, so the program still runs; the release takes the text after the last '```python' "
+                      "anywhere (the rest of that sentence, or nothing), and the program fails",
     "python_tag_case": "```Python and ```py blocks are python blocks (the last one wins); the release only knows "
                        "lowercase ```python and otherwise takes the first fenced block",
-    "no_fence": "no fenced block = no program (reward 0, the spec's rule); the release at verl@10f0796 runs the "
-                "whole completion as the program (a later verl revision returns 0, as here)",
     "blank_program": "a blank fenced block is no program; the release runs the empty program, which passes only "
                      "tests whose expected output is empty",
     "output_whitespace": "output comparison ignores trailing spaces on each line and CRLF (sandbox.normalize_output); "
@@ -156,6 +175,11 @@ CASES = [
     _case("extract_answer", ("<answer>" + "9" * 300 + "</answer>",), "9" * 300, "9" * 300),
     # release: multiply.py:15-17 (int() raises ValueError beyond 4300 digits)
     _case("extract_answer", ("<answer>" + "9" * 4301 + "</answer>",), None, None),
+    # release: multiply.py:15,18 (int()'s 4300-digit limit does not count '_' separators: 8599 characters pass)
+    # -- sqlm used to refuse more than 4400 characters: fixed
+    _case("extract_answer", ("<answer>" + "_".join("9" * 4300) + "</answer>",), "_".join("9" * 4300), "9" * 4300,
+          "exact_rationals"),
+    _case("extract_answer", ("<answer>" + "_".join("9" * 4301) + "</answer>",), None, None),
 
     # ------------------------------------------------------------------ majority vote
     # release: majority.py:90-91 (Counter over all answers, None included; most_common(1) = first-seen on ties)
@@ -212,11 +236,14 @@ CASES = [
     # release: ray_trainer.py:114-116 ('error' without the marker) and :1077-1079 (dummy tests, mask 0)
     _case("parse_question", ("coding", "Problem Description: x"), "Problem Description: x", None,
           "invalid_masked", release_mask=0),
-    # release: ray_trainer.py:118-130 (no '|||' line: empty test lists, still mask 1; sf/__init__.py:78-79 -> 0)
+    # release: ray_trainer.py:118-130 (no '|||' line: empty test lists, still mask 1; sf/utils.py:400-402 and
+    # sf/__init__.py:80-81 -> every program scores 0)
     _case("parse_question", ("coding", "Problem Description: x\nTest Cases:\nnothing here"),
           "Problem Description: x", None, "coding_validity", release_mask=1),
-    # release: ray_trainer.py:79-80 (empty problem is kept)
+    # release: ray_trainer.py:79-80 (empty problem is kept, mask 1 at :1080-1082; the solver is asked the bare
+    # instruction, :98-101, and scored on the tests as usual: the pass_fraction case of the same proposal below)
     _case("parse_question", ("coding", "Test Cases:\n1 ||| 1\n"), "", None, "coding_validity", release_mask=1),
+    _case("parse_question", ("coding", "Test Cases:\n-9 ||| -9\n"), "", None, "coding_validity", release_mask=1),
 
     # ------------------------------------------------------------------ test lines
     # release: ray_trainer.py:124-130 (lines holding '|||', split once, both sides stripped)
@@ -233,7 +260,7 @@ CASES = [
     # release: ray_trainer.py:114,118 (parts[1]: between the first marker and the second) -- sqlm used to read
     # after the last marker: fixed
     _case("parse_tests", ("Test Cases:\n1 ||| 1\nTest Cases:\n2 ||| 2\n",), [("1", "1")], [("1", "1")]),
-    # release: ray_trainer.py:124-140 (all 12 kept) and sf/__init__.py:83,87 (only the first 10 scored)
+    # release: ray_trainer.py:124-140 (all 12 kept) and sf/__init__.py:85,89 (only the first 10 scored)
     # -- sqlm used to score all of them: fixed (rewards.MAX_TESTS)
     _case("parse_tests", (TWELVE_TESTS,), [(str(i), str(i)) for i in range(10)],
           [(str(i), str(i)) for i in range(10)]),
@@ -241,7 +268,7 @@ CASES = [
     _case("parse_tests", ("Test Cases:\n1. 5 ||| 5\n",), [("1. 5", "5")], [("5", "5")], "test_line_cleanup"),
     _case("parse_tests", ("Test Cases:\n`-1 1` ||| `0`\n",), [("`-1 1`", "`0`")], [("-1 1", "0")],
           "test_line_cleanup"),
-    # release: ray_trainer.py:130 and sf/utils.py:244 (a written '\n' stays two characters)
+    # release: ray_trainer.py:130 and sf/utils.py:345 (a written '\n' stays two characters)
     _case("parse_tests", ("Test Cases:\n1 2 ||| 3\\n\n",), [("1 2", "3\\n")], [("1 2", "3")], "literal_newline"),
 
     # ------------------------------------------------------------------ code extraction
@@ -263,16 +290,35 @@ CASES = [
     # release: sf/__init__.py:48-57 (first block; sqlm: last python-tagged block)
     _case("extract_code", ("```Python\nprint(1)\n```\n```Python\nprint(2)\n```",), "print(1)", "print(2)",
           "python_tag_case"),
-    # release: sf/__init__.py:47 (split at '```python' leaves '3' of '```python3' in the program)
+    # release: sf/__init__.py:47 (split at '```python' keeps the rest of the tag line in the program)
     _case("extract_code", ("```python3\nprint(1)\n```",), "3\nprint(1)", "print(1)", "fence_tag_line"),
-    # release: sf/__init__.py:45 (no fence at all: the whole completion is the program)
-    _case("extract_code", ("print(1)",), "print(1)", None, "no_fence"),
-    _case("extract_code", ("I would add the numbers.",), "I would add the numbers.", None, "no_fence"),
+    _case("extract_code", ("```python3.10\nprint(1)\n```",), "3.10\nprint(1)", "print(1)", "fence_tag_line"),
+    _case("extract_code", ("```python showLineNumbers\nprint(1)\n```",), " showLineNumbers\nprint(1)", "print(1)",
+          "fence_tag_line"),
+    # -- sqlm used to run its fallback, 'python title="a.py"\nprint(1)', a SyntaxError: fixed
+    _case("extract_code", ('```python title="a.py"\nprint(1)\n```',), ' title="a.py"\nprint(1)', "print(1)",
+          "fence_tag_line"),
+    _case("extract_code", ('Here: ```python title="a.py"\nprint(1)\n```',), ' title="a.py"\nprint(1)', "print(1)",
+          "fence_tag_line"),
+    # release: sf/__init__.py:47 (split('```python')[-1]: a fence reopened at once starts the last block)
+    # -- sqlm used to run the first block: fixed
+    _case("extract_code", ("```python\nprint(0)\n```python\nprint(2)\n```",), "print(2)", "print(2)"),
+    # release: sf/__init__.py:47 (the split ignores line ends: CRLF blocks, the last one runs)
+    # -- sqlm used to want '\n' right after the tag, and ran the first block: fixed
+    _case("extract_code", ("```python\r\nprint(1)\r\n```\r\n```python\r\nprint(2)\r\n```",), "print(2)", "print(2)"),
+    # release: sf/__init__.py:46-47 (the last '```python' anywhere, in a sentence too, then up to the next '```')
+    _case("extract_code", ("```python\nprint(1)\n```\nThe ```python block above reads stdin.",),
+          " block above reads stdin.", "print(1)", "fence_in_prose"),
+    _case("extract_code", ("```python\nprint(1)\n```\nI wrap code in ```python``` fences.",), "", "print(1)",
+          "fence_in_prose"),
+    # release: sf/__init__.py:58-59 (no fence at all: score 0, nothing is run)
+    _case("extract_code", ("print(1)",), None, None),
+    _case("extract_code", ("I would add the numbers.",), None, None),
     # release: sf/__init__.py:47 (a blank block is run as an empty program)
     _case("extract_code", ("```python\n\n```",), "", None, "blank_program"),
 
     # ------------------------------------------------------------------ output comparison (stdout, expected)
-    # release: sf/utils.py:241-245 (run Finished with exit 0, then stdout.rstrip('\n') == expected.rstrip('\n'))
+    # release: sf/utils.py:340-350 (status Success, run Finished, then stdout.rstrip('\n') == expected.rstrip('\n'))
     _case("passes", ("6\n", "6"), True, True),
     _case("passes", ("6\n\n\n", "6"), True, True),
     _case("passes", ("1 2\n3\n", "1 2\n3"), True, True),
@@ -284,23 +330,25 @@ CASES = [
     _case("passes", ("6 \n", "6"), False, True, "output_whitespace"),
     _case("passes", ("6\r\n", "6"), False, True, "output_whitespace"),
     _case("passes", ("1 2 \n3\n", "1 2\n3"), False, True, "output_whitespace"),
-    # release: sf/utils.py:219-228 (a non-zero exit or a timeout is a runtime error / timeout, never a pass)
+    # release: sf/utils.py:304-329 (a non-zero exit or a timeout is a runtime error / timeout, never a pass)
     _case("passes", ("6\n", "6", 1), False, False),
     _case("passes", ("6\n", "6", None, True), False, False),
 
     # ------------------------------------------------------------------ pass fractions (proposal, program)
-    # release: sf/__init__.py:81-88 (passed among the first min(n, 10) tests / min(n, 10))
+    # release: sf/__init__.py:83-90 (passed among the first min(n, 10) tests / min(n, 10))
     _case("pass_fraction", (PROPOSAL, "sum"), 1.0, 1.0),
     _case("pass_fraction", ("Test Cases:\n1 2 ||| 3\n5 ||| 6\n", "sum"), 0.5, 0.5),
     # 12 tests, the last two wrong: the release scores only the first 10
     _case("pass_fraction", ("Test Cases:\n" + "1 ||| 1\n" * 10 + "1 ||| 9\n" * 2, "sum"), 1.0, 1.0),
     # 12 tests, the first two wrong
     _case("pass_fraction", ("Test Cases:\n" + "1 ||| 9\n" * 2 + "1 ||| 1\n" * 10, "sum"), 0.8, 0.8),
-    # release: sf/__init__.py:78-79 (no tests: 0)
+    # release: sf/utils.py:400-402 and sf/__init__.py:80-81 (no tests: 0)
     _case("pass_fraction", ("Test Cases:\nnone\n", "sum"), 0.0, 0.0),
-    # release: ray_trainer.py:130 + sf/utils.py:244 (an empty expected output passes a program that prints nothing)
+    # release: sf/__init__.py:83-90 (an empty problem's tests score as any others; sqlm never asks it: coding_validity)
+    _case("pass_fraction", ("Test Cases:\n-9 ||| -9\n", "sum"), 1.0, 1.0),
+    # release: ray_trainer.py:130 + sf/utils.py:345 (an empty expected output passes a program that prints nothing)
     _case("pass_fraction", ("Test Cases:\n1 3 5 |||\n2 3 ||| 2\n", "evens"), 1.0, 1.0),
-    # release: sf/utils.py:244 (the written '\n' never matches)
+    # release: sf/utils.py:345 (the written '\n' never matches)
     _case("pass_fraction", ("Test Cases:\n1 2 ||| 3\\n\n", "sum"), 0.0, 1.0, "literal_newline"),
 
     # ------------------------------------------------------------------ code rewards (pass fractions of N programs)
@@ -346,9 +394,9 @@ FUNCTIONS = {
 
 
 def comparable(fn: str, value):
-    """The release's program text carries the blank lines around it; they do not change what runs."""
+    """The release's program text carries the line ends around it; they do not change what runs."""
     if fn == "extract_code" and value is not None:
-        return value.strip("\n")
+        return value.strip("\r\n")
     return value
 
 

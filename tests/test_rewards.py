@@ -40,6 +40,13 @@ def test_equal_rationals_give_equal_strings():
     assert rewards.canonical_answer("x" * 500) is None
 
 
+def test_answers_as_long_as_the_release_takes():
+    # The release's int() takes up to 4300 digits and does not count "_" separators, so 8599 characters pass.
+    assert rewards.extract_answer("<answer>" + "_".join("9" * 4300) + "</answer>") == "9" * 4300
+    assert rewards.extract_answer("<answer>" + "_".join("9" * 4301) + "</answer>") is None
+    assert rewards.extract_answer("<answer>" + "9" * 4301 + "</answer>") is None
+
+
 def test_majority_vote():
     assert rewards.majority_vote(["3", "5", "3", None]) == ("3", 2)
     assert rewards.majority_vote(["5", "3", "3", "5"]) == ("5", 2)  # tie: the answer seen first
@@ -123,6 +130,25 @@ def test_extract_code():
     assert rewards.extract_code("```\nprint(1)\n```") == "print(1)"
     assert rewards.extract_code("```python\n\n```") is None
     assert rewards.extract_code("no code") is None
+
+
+def test_extract_code_takes_the_last_python_block():
+    # A fence reopened at once starts a new block: the ``` that ends one block may open the next.
+    assert rewards.extract_code("```python\nprint(0)\n```python\nprint(2)\n```") == "print(2)"
+    # CRLF line ends are line ends: the last block still wins.
+    crlf = "```python\r\nprint(1)\r\n```\r\n```python\r\nx = 2\r\nprint(x)\r\n```\r\n"
+    assert rewards.extract_code(crlf) == "x = 2\r\nprint(x)"
+    # What follows the tag on the fence's line is markup, dropped with it, whether the fence opens its line or not.
+    assert rewards.extract_code("```python3.10\nprint(1)\n```") == "print(1)"
+    assert rewards.extract_code('```python title="a.py"\nprint(1)\n```') == "print(1)"
+    assert rewards.extract_code('Here ```python title="a.py"\nprint(1)\n```') == "print(1)"
+    # A ```python inside a sentence after the program opens no block.
+    assert rewards.extract_code("```python\nprint(1)\n```\nThe ```python block above reads stdin.\n") == "print(1)"
+    assert rewards.extract_code("```python\nprint(1)\n```\nI wrap code in ```python``` fences.") == "print(1)"
+    # Without a python block, the first block's tag line goes when it is one word of letters (the release's
+    # isalpha() test): "c++" stays, and such a block fails to run, in both.
+    assert rewards.extract_code("```text\nprint(1)\n```") == "print(1)"
+    assert rewards.extract_code("```c++\nint main() {}\n```") == "c++\nint main() {}"
 
 
 def test_code_rewards():

@@ -5,6 +5,7 @@
     python demo.py styles --out runs/tiny-demo-0        # how the run's solution style changed (quick vs worked)
     python demo.py overlap --out runs/tiny-demo-0       # is the gain only on test questions self-play asked?
     python demo.py --setting ladder --seed 0 --out runs/ladder-0   # the curriculum demo (tiny.py's ladder)
+    python demo.py trace --seed 0                       # one SQLM step in numbers, in sqlm.py's step order
 
 `--setting` (run and report) picks the base: `uniform` (the README's demo) or `ladder`, whose proposer starts on
 the times table and has to climb to the rungs where the solver can learn (tiny.Recipe). The ladder's result.json
@@ -26,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import curriculum
@@ -245,7 +247,99 @@ def heldout_overlap(run_dir) -> dict:
     }
 
 
-COMMANDS = ("report", "styles", "overlap")  # without one of these first, demo.py runs the demo
+# ============================================================================ one step in numbers
+
+# The trace's step: the demo's learning rate, a batch small enough to read (B = 2 topic prompts, N = 4).
+TRACE_FLAGS = ["--batch-size", "2", "--num-generations", "4", "--lr", "5e-5", "--device", "cpu"]
+
+
+def trace(seed: int = 0, setting: str = "ladder") -> str:
+    """One SQLM step on the demo model, printed in the order of sqlm.py's numbered steps, each block headed with
+    the function that does it: what a learner reads next to the page. It calls sqlm's own functions (rollout,
+    then update_policy, as train_step does at step 0), so every number is the real one; deterministic for a seed
+    on a given kind of CPU (one thread, whatever the machine has). The ladder base by default: its proposer asks
+    easy and hard questions, so one step shows more than one band."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # float sums, and so the numbers, do not depend on the machine's core count
+    try:
+        return trace_lines(seed, setting)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def trace_lines(seed: int, setting: str) -> str:
+    base = tiny.load_or_build_tiny_base(recipe=tiny.RECIPES[setting])
+    config = sqlm.parse_config(["--model", str(base), "--seed", str(seed), *TRACE_FLAGS])
+    rundir.seed_everything(config.seed)  # as sqlm.main does, before loading
+    device = torch.device("cpu")
+    policy, sampling, reference, tokenizer = sampler.load_for_training(config.model, weights=config.model,
+                                                                       device=device, with_reference=True)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    stop_ids = sampler.stop_token_ids(policy, tokenizer)
+    proposer, solver, records, stats = sqlm.rollout(config, sampling, tokenizer, stop_ids, set())
+    n, lines = config.num_generations, []
+    numbers = lambda values, form="{:g}": " ".join(form.format(v) for v in values)  # noqa: E731
+    lines.append(f"One SQLM step in numbers: python demo.py trace --seed {seed} (the {setting} demo model; "
+                 f"B = {config.batch_size} topic prompts, N = {n}; sqlm.py's step numbers)")
+
+    lines.append("\n1. propose (sqlm.propose): the topic prompt, through the chat template, sampled N times per copy")
+    lines.append(f"   {tokenizer.decode(proposer[0].prompt_ids)!r}")
+    lines.append("\n2. parse (sqlm.parse_proposal): a proposal is a question if it finished and parses")
+    for group in range(config.batch_size):
+        episodes = proposer[group * n:(group + 1) * n]
+        texts = [repr(tokenizer.decode(e.completion_ids, skip_special_tokens=True)) for e in episodes]
+        lines.append(f"   group {group}: " + ", ".join(f"{text} {'valid' if e.in_loss else 'INVALID'}"
+                                                       for text, e in zip(texts, episodes)))
+
+    shown = [next((r for r in records if band(r, n) == name), None) for name in ("too easy", "in band", "too hard")]
+    shown = [record for record in shown if record is not None]
+    lines.append(f"\n3. solve (sqlm.solve): each valid question N = {n} times ({len(records)} questions, "
+                 f"{len(solver)} answers); {len(shown)} of them:")
+    for record in shown:
+        lines.append(f"   {record['question']!r}")
+        lines += [f"     {text!r}" for text in record["completions"]]
+    lines.append("\n4. score (sqlm.score_questions, rewards.math_rewards): the majority answer stands in for the truth")
+    for record in shown:
+        k = record["majority_count"]
+        lines.append(f"   {record['question']!r}: answers {numbers(record['answers'], '{}')} -> majority "
+                     f"{record['majority']}, k = {k} of {n}; solver rewards {numbers(record['solver_rewards'])}")
+        lines.append(f"     proposer reward {record['proposer_reward']:g} ({band(record, n)}: the release gate pays "
+                     f"1 < k < N); audit, never used: the truth is {record['truth']}, the majority is "
+                     f"{'right' if record['majority'] == record['truth'] else 'WRONG'}")
+    lines.append("\n5. advantages (sqlm.group_advantages): A = (r - mean(r)) / (std(r) + 1e-6) within each group")
+    for record in shown:
+        row = records.index(record)
+        rewards_ = record["solver_rewards"]
+        lines.append(f"   solver, {record['question']!r}: rewards {numbers(rewards_)} (mean {np.mean(rewards_):.2f}, "
+                     f"std {np.std(rewards_, ddof=1):.2f}) -> A = "
+                     f"{numbers([e.advantage for e in solver[row * n:(row + 1) * n]], '{:+.2f}')}")
+    for group in range(config.batch_size):
+        episodes = proposer[group * n:(group + 1) * n]
+        lines.append(f"   proposer, group {group}: rewards {numbers([e.reward for e in episodes])} -> A = "
+                     f"{numbers([e.advantage for e in episodes], '{:+.2f}')}")
+
+    policy.train()
+    update = sqlm.update_policy(config, policy, reference, optimizer, solver, device, then=proposer)
+    in_loss = sum(e.in_loss for e in solver), sum(e.in_loss for e in proposer)
+    lines.append("\n6-8. update (sqlm.update_policy: completion_logprobs, grpo_token_loss, one AdamW step a mini-batch)")
+    lines.append(f"   in the loss: {in_loss[0]} of {len(solver)} answers, then {in_loss[1]} of {len(proposer)} "
+                 f"proposals (invalid ones stay out), in mini-batches of at most {config.mini_batch_size}: "
+                 f"{update['optimizer_steps']} optimizer steps")
+    lines.append(f"   token-mean loss {update['loss']:.4f}, k3 KL {update['kl']:.2e}, gradient norm "
+                 f"{update['grad_norm']:.3f} (means over the optimizer steps; lr {config.lr:g})")
+    lines.append("\n9. train_step: that was one step. Its line in metrics.jsonl includes")
+    lines.append("   " + ", ".join(f"{key} {stats[key]:.3f}" for key in ("valid_fraction", "proposer_reward",
+                                                                           "solver_reward", "in_band",
+                                                                           "solver_groups_with_signal")))
+    return "\n".join(lines)
+
+
+def band(record: dict, n: int) -> str:
+    """A math question's band from its vote (the release gate): 'too easy', 'in band' or 'too hard'."""
+    return "too easy" if record["majority_count"] == n else "in band" if record["proposer_reward"] else "too hard"
+
+
+COMMANDS = ("report", "styles", "overlap", "trace")  # without one of these first, demo.py runs the demo
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -254,11 +348,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog=f"demo.py{'' if command == 'run' else ' ' + command}", description=__doc__.split("\n\n")[0],
         epilog="Commands: (none) runs the demo, and passes flags it does not know on to sqlm.py (see python sqlm.py "
-               "--help); report, styles and overlap are the reports above.")
+               "--help); report, styles, overlap and trace are the reports above.")
     parser.add_argument("--seed", type=int, default=0, help="seed of the self-play run (and of the report's samples)")
     parser.add_argument("--out", default="runs/tiny-demo", help="the run directory (run writes it, reports read it)")
-    if command in ("run", "report"):
-        parser.add_argument("--setting", default="uniform", choices=sorted(tiny.RECIPES),
+    if command in ("run", "report", "trace"):
+        parser.add_argument("--setting", default="ladder" if command == "trace" else "uniform",
+                            choices=sorted(tiny.RECIPES),
                             help="uniform: the README's demo; ladder: the curriculum demo (tiny.py's recipes)")
     if command == "report":
         parser.add_argument("--votes", type=int, default=8, help="samples per problem")
@@ -273,6 +368,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_demo(args.seed, args.out, extra, args.setting)))
     elif command == "report":
         print(json.dumps(base_report(args.votes, args.temperature, args.seed, args.setting)))
+    elif command == "trace":
+        print(trace(args.seed, args.setting))
     else:
         for line in style_report(args.out) if command == "styles" else [heldout_overlap(args.out)]:
             print(json.dumps(line))

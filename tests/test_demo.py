@@ -1,10 +1,12 @@
 """demo.py: the CPU demo end to end on a small stand-in base, and its reports (base, styles)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 import demo
+import sampler
 import tiny
 
 TINY_SIZES = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
@@ -93,3 +95,15 @@ def test_asked_rungs_reads_the_last_third_of_the_steps(tmp_path):
     (tmp_path / "samples.jsonl").write_text("".join(json.dumps({"step": s, "question": q}) + "\n" for s, q in rows))
     assert demo.asked_rungs(str(tmp_path)) == {"rung_1_share_last_third": 0.0, "rung_2_share_last_third": 0.3333,
                                                "rung_3_share_last_third": 0.6667, "question_digits_last_third": 3.6667}
+
+
+LADDER_BASE = sampler.cache_dir() / tiny.LADDER.cache_name
+
+
+@pytest.mark.skipif(not (LADDER_BASE / "config.json").exists(),
+                    reason="the ladder demo model is not built (python tiny.py ladder; .ci/run builds it)")
+def test_readme_trace_is_the_command_output():
+    """The README's 'One step in numbers' block is what `python demo.py trace --seed 0` prints, to the digit."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("<!-- trace:begin -->\n```text\n", 1)[1].split("\n```\n<!-- trace:end -->", 1)[0]
+    assert demo.trace(seed=0) == block

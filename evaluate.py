@@ -89,15 +89,15 @@ def _linear_problem(rng: random.Random) -> tuple[str, str] | None:
     name = rng.choice(["Ava", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ines", "Jon"])
     kind = rng.randrange(7)
     a, b, c, d = (rng.randint(2, 19) for _ in range(4))
-    text = rewards.canonical_number
+    exact = rewards.canonical_number  # the answer as the scorer compares it
     if kind == 0:  # ax + b = c, answer may be a fraction
         total = rng.randint(b + 1, b + 200)
         return (f"A number is multiplied by {a} and then {b} is added; the result is {total}. What is the number?",
-                text(Fraction(total - b, a)))
+                exact(Fraction(total - b, a)))
     if kind == 1:  # ax + b = cx + d with a != c
         if a == c:
             return None
-        return f"Solve for x: {a}x + {b} = {c}x + {d}.", text(Fraction(d - b, a - c))
+        return f"Solve for x: {a}x + {b} = {c}x + {d}.", exact(Fraction(d - b, a - c))
     if kind == 2:  # rectangle perimeter, width unknown
         width = rng.randint(1, 40)
         perimeter = 2 * (2 * width + a)
@@ -123,7 +123,7 @@ def _linear_problem(rng: random.Random) -> tuple[str, str] | None:
             return None
         x, y = Fraction(e * d - b * f, determinant), Fraction(a * f - e * c, determinant)
         return (f"Solve the system of equations {a}x + {b}y = {e} and {c}x + {d}y = {f}. Give the answer as (x, y).",
-                f"({text(x)}, {text(y)})")
+                f"({exact(x)}, {exact(y)})")
     # kind 6: ages, one unknown
     years = rng.randint(2, 15)
     child = rng.randint(2, 30)

@@ -6,8 +6,10 @@
 Why hand-written: RL samples hundreds of sequences per step, and `model.generate` spends most of that time
 in Python bookkeeping. Here prompts are left-padded so every row's next token goes to the same cache slot;
 position ids come from the attention mask, so padding never shifts a row's positions; the KV cache is
-allocated once per batch; finished rows are dropped as the batch shrinks; and on CUDA each decode step is
-replayed from a captured CUDA graph (one launch instead of hundreds of kernels). The decoder layer itself is
+allocated for the whole batch up front (no per-token concatenation); once half the rows have finished, the live
+rows are copied into a smaller cache and the decoder is rebuilt (so finished rows stop costing compute); and on
+CUDA each decode step is replayed from a captured CUDA graph (one launch instead of hundreds of kernels; a
+compacted batch captures graphs of its own). The decoder layer itself is
 written out in `forward_with_cache` for Qwen2/Llama-style models. This module imports no other project file.
 """
 
@@ -191,7 +193,8 @@ def forward_with_cache(model, cache, input_ids, position_ids, attention_mask, sl
 
 
 def new_kv_cache(model, batch: int, max_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Allocate the whole cache once: no per-token concatenation, no reallocation."""
+    """Allocate the whole cache for `max_len` tokens up front: no per-token concatenation. (`sample` replaces it
+    by a smaller copy when half the rows have finished.)"""
     config = model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     shape = (batch, config.num_key_value_heads, max_len, head_dim)

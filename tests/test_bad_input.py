@@ -11,10 +11,12 @@ import sys
 import time
 
 import pytest
+import torch
 
 import demo
 import evaluate
 import sqlm
+import tiny
 from test_demo import small_cache  # noqa: F401 (a fixture: the demo's stand-in base)
 
 FAST = ["--batch-size", "2", "--num-generations", "2", "--max-new-tokens", "8", "--device", "cpu",
@@ -38,6 +40,33 @@ def snapshot(root):
 def write(path, content):
     path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     return path
+
+
+def model_copy(tmp, run):
+    """A copy of the finished run's checkpoint as a model directory."""
+    return shutil.copytree(run / "checkpoint", tmp / "model")
+
+
+def change_trainer_state(run, **changes):
+    path = run / "checkpoint" / "trainer_state.pt"
+    torch.save(torch.load(path, weights_only=False) | changes, path)  # the test's own file: trusted
+
+
+class RunsCode:
+    """Unpickling this runs code: it writes the file `marker` (as a crafted checkpoint could do anything)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def holds_a_model(tmp):
+    """A directory that is not a run and holds a model in checkpoint/, where a run would write its own."""
+    shutil.copytree(tmp / "existing" / "checkpoint", tmp / "d" / "checkpoint")
+    (tmp / "d" / "checkpoint" / "trainer_state.pt").unlink()
+    return tmp / "d"
 
 
 # Each case: (name, command, arguments, setup(tmp, run) -> extra placeholders, expected words).
@@ -103,6 +132,22 @@ CASES = [
     ("demo bad sqlm flag", "demo", ["--lr", "-1"], None, "--lr must be greater than 0"),
     ("demo existing run", "demo", ["--out", "{run}"], None, "already holds a run"),
     ("demo styles without run", "demo-styles", ["--out", "{tmp}/nowhere"], None, "usage"),
+    # Issue 21: each of these lost data, ran on, or stopped with a traceback before.
+    ("out name too long", "sqlm", ["--out", "{tmp}/" + "x" * 300], None, "File name too long"),
+    ("out is a checkpoint", "sqlm", ["--out", "{run}/checkpoint", "--resume"], None, "is a model directory"),
+    ("out inside a checkpoint", "sqlm", ["--out", "{run}/checkpoint/sub"], None, "is inside the model directory"),
+    ("out is the model", "sqlm", ["--model", "{file}", "--out", "{file}", "--resume"], model_copy,
+     "is a model directory"),
+    ("out holds a model", "sqlm", ["--out", "{file}"], lambda tmp, run: holds_a_model(tmp), "holds checkpoint/ but"),
+    ("resume without checkpoint", "sqlm", ["--out", "{run}", "--resume", "--steps", "3"],
+     lambda tmp, run: shutil.rmtree(run / "checkpoint"), "found no checkpoint"),
+    ("config not an object", "sqlm", ["--out", "{run}", "--resume", "--steps", "3"],
+     lambda tmp, run: write(run / "config.json", "[1]"), "config.json' is damaged"),
+    ("checkpoint step -5", "sqlm", ["--out", "{run}", "--resume", "--steps", "3"],
+     lambda tmp, run: change_trainer_state(run, step=-5), "step -5 is not"),
+    ("checkpoint that runs code", "sqlm", ["--out", "{run}", "--resume", "--steps", "3"],
+     lambda tmp, run: change_trainer_state(run, best_validation=RunsCode(tmp / "code_ran")), "never run as code"),
+    ("demo out under a file", "demo", ["--out", "{file}/sub"], lambda tmp, run: write(tmp / "f", "x"), "cannot write"),
 ]
 
 
@@ -122,6 +167,13 @@ def test_bad_input_is_one_sentence_and_changes_nothing(name, command, args, setu
                                                        finished_run, tmp_path, capsys, monkeypatch, small_cache):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a hub that refuses at once, on this machine only
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.chdir(tmp_path)  # so that a run written into the current directory would show in the snapshot
+
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the bad input was refused")
+
+    monkeypatch.setattr(tiny, "load_or_build_tiny_base", work)  # the demo's minutes of building and measuring
+    monkeypatch.setattr(demo, "heldout_correct", work)
     run = tmp_path / "existing"
     shutil.copytree(finished_run, run)
     made = setup(tmp_path, run) if setup else None

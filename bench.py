@@ -59,11 +59,11 @@ def timed(device, fn):
     return result, time.perf_counter() - started
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="checkpoint directory or hub name")
     parser.add_argument("--config-only", choices=sorted(QWEN25_CONFIGS), help="random weights of a real shape")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     # Sizes default to the paper's on CUDA, and to a small laptop-sized run on CPU (see SIZES).
     parser.add_argument("--batch", type=int, help="sequences decoded together (rollout chunk)")
     parser.add_argument("--prompt-tokens", type=int)
@@ -73,9 +73,14 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--no-cuda-graph", action="store_true")
     parser.add_argument("--skip-generate", action="store_true", help="skip the model.generate baseline")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if bool(args.model) == bool(args.config_only):
         raise SystemExit("error: pass exactly one of --model DIR and --config-only NAME.")
+    sizes = ("batch", "prompt_tokens", "new_tokens", "step_sequences", "micro_batch_tokens")
+    too_small = [f"--{name.replace('_', '-')}" for name in sizes if getattr(args, name) is not None
+                 and getattr(args, name) < 1]
+    if too_small:
+        raise SystemExit(f"error: {', '.join(too_small)} must be at least 1.")
     device = evaluate.resolve_device(args.device)
     for name, value in SIZES[device.type].items():
         if getattr(args, name) is None:

@@ -105,7 +105,8 @@ def run_demo(seed: int, out: str, extra_flags: list[str], setting: str = "unifor
     argv = ["--model", str(base), "--validation-data", str(base / "validation.jsonl"), "--seed", str(seed),
             "--out", out, *DEMO_FLAGS, *SETTING_FLAGS[setting], *extra_flags]
     config = sqlm.parse_config(argv)  # bad flags are refused before the minutes of building and measuring below
-    if Path(out).exists():  # so is an --out that already holds a run (sqlm.py would refuse it only after them)
+    rundir.check_out(Path(out))  # so is an --out that cannot hold a run (sqlm.py would refuse it only after them)
+    if Path(out).exists():  # or that already holds one
         rundir.check_resume(Path(out), dataclasses.asdict(config), config.resume, sqlm.RESUMABLE)
     tiny.load_or_build_tiny_base(recipe=recipe)
     problems = heldout(base)

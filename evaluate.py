@@ -36,6 +36,9 @@ CODING_EVAL_FILE = REPO_ROOT / "data" / "coding_eval.jsonl"
 TASKS = ("multiplication", "algebra", "coding")
 # Response budgets from the paper's Table 4: arithmetic 1024, algebra 3072, coding 512 tokens.
 TASK_MAX_NEW_TOKENS = {"multiplication": 1024, "algebra": 3072, "coding": 512}
+# The largest budget accepted (sqlm.py's --max-new-tokens has the same bound): 131,072 tokens, the longest context
+# of the models the sampler supports (Llama 3.1), instead of a KV cache too large to allocate.
+MAX_NEW_TOKENS = 2**17
 TEST_SEED = 1  # the generated test sets; validation during training uses another seed
 VALIDATION_SEED = 2
 
@@ -147,6 +150,8 @@ def algebra_problems(n: int = 100, seed: int = TEST_SEED) -> list[dict]:
 def read_jsonl(path: str | Path) -> list[dict]:
     """A JSON-lines file of objects. Any problem is one sentence naming the file and the line (1-based)."""
     try:
+        if Path(path).exists() and not Path(path).is_file():  # a named pipe would wait for a writer forever
+            raise OSError(0, "not a regular file")
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or "not UTF-8 text"
@@ -157,8 +162,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise SystemExit(f"error: line {number} of {str(path)!r} is not JSON ({error.msg}); "
+        except ValueError as error:  # not JSON, or a number longer than Python reads
+            reason = error.msg if isinstance(error, json.JSONDecodeError) else "a number longer than Python reads"
+            raise SystemExit(f"error: line {number} of {str(path)!r} is not JSON ({reason}); "
                              "write one JSON object per line.") from None
         if not isinstance(row, dict):
             raise SystemExit(f"error: line {number} of {str(path)!r} is not a JSON object; "
@@ -272,8 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1 (leave it out to score every problem)")
-    if args.batch_size < 1 or args.max_new_tokens < 0 or args.show < 0:
-        parser.error("--batch-size must be at least 1, --max-new-tokens and --show at least 0")
+    if args.batch_size < 1 or not 0 <= args.max_new_tokens <= MAX_NEW_TOKENS or args.show < 0:
+        parser.error(f"--batch-size must be at least 1, --show at least 0, and --max-new-tokens from 0 to "
+                     f"{MAX_NEW_TOKENS}")
     device = resolve_device(args.device)
     data = str(Path(sampler.model_location(args.model)) / "test.jsonl") if args.tiny else args.data
     problems = load_problems(args.task, args.limit, data)  # checked before the (slow) model load

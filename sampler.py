@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 # ============================================================================ loading
@@ -64,6 +65,12 @@ def load_model(name_or_path: str, device: torch.device, dtype: torch.dtype = tor
             raise SystemExit(f"error: {name_or_path!r} is not a model directory (no config.json there); pass "
                              "--model a directory written by save_pretrained, or a hub name.")
         name_or_path = str(path)
+        for file in (file for file in path.iterdir() if file.is_file()):  # the library says "No such file" instead
+            try:
+                file.open("rb").close()
+            except OSError as error:
+                raise SystemExit(f"error: cannot read {str(file)!r} ({error.strerror}); make the model's files "
+                                 "readable, or pass another --model.") from None
     offline = False
     try:
         try:  # the local directory or the Hugging Face cache first: no network, no retries
@@ -75,8 +82,10 @@ def load_model(name_or_path: str, device: torch.device, dtype: torch.dtype = tor
                 raise
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
             model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # RuntimeError: weights of the wrong shape
         reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        if "mismatched_sizes" in reason:  # transformers has just printed which weights
+            reason = "weights of other shapes than its config.json gives, listed above"
         if offline:
             reason = "not in the local Hugging Face cache, and the hub cannot be reached from here"
         raise SystemExit(f"error: could not load model {name_or_path!r} ({reason}); pass --model a local "

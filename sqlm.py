@@ -58,7 +58,7 @@ class Config:
     question_pool: int = option(0, "if > 0: train the solver only on this many questions asked up front", minimum=0)
     temperature: float = option(1.0, "sampling temperature; log-probs are taken at the same one", positive=True)
     max_new_tokens: int = option(0, "response budget; 0 = the model's generation_config.max_new_tokens, else the "
-                                 "paper's (1024 multiplication, 3072 algebra, 512 coding)", minimum=0)
+                                 "paper's (1024 multiplication, 3072 algebra, 512 coding)", minimum=0, maximum=2**17)
     max_prompt_tokens: int = option(512, "a question whose solver prompt is longer than this is invalid", minimum=1)
     lr: float = option(1e-6, "AdamW learning rate (constant)", positive=True)
     weight_decay: float = option(0.01, "AdamW weight decay", minimum=0)
@@ -70,7 +70,7 @@ class Config:
     rollout_batch_size: int = option(256, "sequences decoded together (KV-cache memory)", minimum=1)
     cuda_graph: bool = option(True, "replay decode steps from CUDA graphs (off: plain eager code)")
     gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, slower")
-    seed: int = option(0, "seeds python, numpy and torch")
+    seed: int = option(0, "seeds python, numpy and torch", minimum=0, maximum=2**32 - 1)  # numpy's range
     device: str = option("auto", "auto = cuda if there is a GPU", choices=("auto", "cpu", "cuda"))
     save_every: int = option(50, "checkpoint every k steps (and at the end, and on Ctrl-C)", minimum=1)
     eval_every: int = option(0, "score the validation set every k steps, keep checkpoint-best/ (0 = never)", minimum=0)

@@ -13,7 +13,9 @@ paired difference from a baseline arm.
 Each run is `{command} --seed S --out {out}/{arm}-s{S} {arm flags} {flags after --}`; the command defaults to
 `python demo.py` next to this file. A run is finished when its `result.json` exists and parses; finished runs
 are never redone, so stopping a sweep (Ctrl-C) and starting the same command again resumes it. A run directory
-without a valid result.json is half-done: it is deleted and the run starts again.
+without a valid result.json is half-done: it is deleted and the run starts again. So that a live run is never
+taken for a half-done one, a sweep holds OUT/.sweep.lock while its runs run, and a second sweep on that --out is
+refused (--dry-run and --report-only run nothing and may run beside it).
 
 Written to --out: `summary.md` (the tables), `summary.json` (every number and every per-seed value),
 `sweep.json` (the arms' flags, so a resumed sweep cannot silently mix settings) and, when matplotlib is
@@ -27,6 +29,7 @@ arms finished) and get the same kind of interval; `*` marks an interval that exc
 """
 
 import argparse
+import fcntl
 import importlib.util
 import json
 import math
@@ -266,7 +269,13 @@ def check_manifest(path: Path, arms: dict[str, list[str]], common: list[str]) ->
     would mix two settings under one name. Returns the manifest with this invocation's arms merged in."""
     manifest = {"common_flags": common, "arms": {}}
     if path.exists():
-        manifest = json.loads(path.read_text())
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError):
+            manifest = None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("arms"), dict):
+            raise SweepError(f"{path} is damaged (not the JSON object of arms a sweep writes); restore it, or use a "
+                             "new --out.")
         if manifest.get("common_flags") != common:
             raise SweepError(f"{path.parent} was run with common flags {manifest.get('common_flags')}, now {common}; "
                              "use a new --out for new settings.")
@@ -430,6 +439,8 @@ def validate(args: argparse.Namespace, common: list[str]) -> tuple[dict[str, lis
         raise SweepError(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed.")
     if args.jobs < 1:
         raise SweepError("--jobs must be at least 1.")
+    if args.out.exists() and not args.out.is_dir():
+        raise SweepError(f"--out {str(args.out)!r} is a file; a sweep writes a directory there: choose another --out.")
     if not args.arm:
         raise SweepError("no arms: pass at least one --arm NAME=FLAGS, e.g. --arm base=.")
     arms = {}
@@ -453,6 +464,24 @@ def validate(args: argparse.Namespace, common: list[str]) -> tuple[dict[str, lis
         if not command:
             raise SweepError("--command is empty.")
     return arms, baseline, command
+
+
+def lock_sweep(out: Path):
+    """Hold OUT/.sweep.lock while this sweep runs (all of its --jobs): a second sweep on the same --out would take
+    this one's running runs for half-done ones and delete them. The kernel drops the lock when the process ends,
+    however it ends. Returns the open lock file, which must stay open (referenced) until the sweep is done."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = (out / ".sweep.lock").open("a")
+    except OSError as error:
+        raise SweepError(f"cannot write to --out {str(out)!r} ({error.strerror}); choose a writable directory.")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise SweepError(f"another sweep is running in {str(out)!r} right now; wait for it to end or use another "
+                         "--out (--report-only and --dry-run may run beside it).")
+    return lock
 
 
 def execute(runs: list[Run], jobs: int = 1) -> list[dict]:
@@ -514,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         arms, baseline, command = validate(args, common)
         manifest = check_manifest(args.out / "sweep.json", arms, common)
+        lock = None if args.dry_run or args.report_only else lock_sweep(args.out)  # held while the runs run
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -528,7 +558,6 @@ def main(argv: list[str] | None = None) -> int:
 
     failed = []
     if not args.report_only:
-        args.out.mkdir(parents=True, exist_ok=True)
         write_atomic(args.out / "sweep.json", json.dumps(manifest, indent=1) + "\n")
         try:
             failed = execute(runs, args.jobs)
@@ -536,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\ninterrupted: the current run is half-done and will be redone when this command is run again",
                   file=sys.stderr)
             return 130
+        finally:
+            lock.close()  # every run has ended: another sweep may use --out now
 
     table = collect(runs, args.metric)
     report = build_report(table, metric_names(args.metric), baseline, args.ci)

@@ -14,12 +14,12 @@ Also here: `build_tokenizer`, a byte-level BPE tokenizer with Qwen2.5's special 
 ChatML chat template, which the tests' tiny random models use too (tests/tiny_model.py).
 """
 
+import argparse
 import fcntl
 import json
 import os
 import random
 import re
-import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -606,8 +606,15 @@ def load_or_build_tiny_base(cache_dir=None, log=print, recipe: Recipe = UNIFORM)
     return path
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipe", nargs="?", default="uniform", choices=sorted(RECIPES),
+                        help="uniform: the README's demo base; ladder: the curriculum demo's (see Recipe)")
+    recipe = RECIPES[parser.parse_args(argv).recipe]
     torch.set_num_threads(min(2, os.cpu_count() or 1))  # the demo's budget: 2 CPU cores
-    recipe = RECIPES[sys.argv[1] if len(sys.argv) > 1 else "uniform"]
     started = time.time()
     print(f"{load_or_build_tiny_base(recipe=recipe)} ({time.time() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 work starts, with one sentence and a non-zero exit, and nothing is written or lost. The README's bad-input
 paragraph lists these cases."""
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -11,10 +12,14 @@ import sys
 import time
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
+import bench
 import demo
 import evaluate
 import sqlm
+import tiny
 from test_demo import small_cache  # noqa: F401 (a fixture: the demo's stand-in base)
 
 FAST = ["--batch-size", "2", "--num-generations", "2", "--max-new-tokens", "8", "--device", "cpu",
@@ -38,6 +43,48 @@ def snapshot(root):
 def write(path, content):
     path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     return path
+
+
+def model_copy(tmp, run, change=None):
+    """A copy of the finished run's checkpoint as a model directory, its weights file passed through `change`."""
+    model = shutil.copytree(run / "checkpoint", tmp / "model")
+    if change:
+        change(model / "model.safetensors")
+    return model
+
+
+def reshape_first_weight(path):
+    weights = load_file(path)
+    name = sorted(weights)[0]
+    weights[name] = torch.zeros(weights[name].shape[0] + 1, *weights[name].shape[1:])
+    save_file(weights, path, metadata={"format": "pt"})
+
+
+def change_trainer_state(run, **changes):
+    path = run / "checkpoint" / "trainer_state.pt"
+    torch.save(torch.load(path, weights_only=False) | changes, path)  # the test's own file: trusted
+
+
+class RunsCode:
+    """Unpickling this runs code: it writes the file `marker` (as a crafted checkpoint could do anything)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def holds_a_model(tmp):
+    """A directory that is not a run and holds a model in checkpoint/, where a run would write its own."""
+    shutil.copytree(tmp / "existing" / "checkpoint", tmp / "d" / "checkpoint")
+    (tmp / "d" / "checkpoint" / "trainer_state.pt").unlink()
+    return tmp / "d"
+
+
+def named_pipe(tmp):
+    os.mkfifo(tmp / "pipe")  # reading it would wait for a writer forever
+    return tmp / "pipe"
 
 
 # Each case: (name, command, arguments, setup(tmp, run) -> extra placeholders, expected words).
@@ -103,6 +150,41 @@ CASES = [
     ("demo bad sqlm flag", "demo", ["--lr", "-1"], None, "--lr must be greater than 0"),
     ("demo existing run", "demo", ["--out", "{run}"], None, "already holds a run"),
     ("demo styles without run", "demo-styles", ["--out", "{tmp}/nowhere"], None, "usage"),
+    # Issue 21: each of these lost data, ran on, or stopped with a traceback before.
+    ("seed -1", "sqlm", ["--seed", "-1"], None, "--seed must be at least 0"),
+    ("seed past numpy's range", "sqlm", ["--seed", "4294967296"], None, "--seed must be at most 4294967295"),
+    ("huge budget", "sqlm", ["--max-new-tokens", "1000000000000"], None, "--max-new-tokens must be at most 131072"),
+    ("evaluate huge budget", "evaluate", ["--max-new-tokens", "1000000000000"], None, "usage"),
+    ("out empty", "sqlm", ["--out", ""], None, "--out must not be empty"),
+    ("out name too long", "sqlm", ["--out", "{tmp}/" + "x" * 300], None, "File name too long"),
+    ("out is a checkpoint", "sqlm", ["--out", "{run}/checkpoint", "--resume"], None, "is a model directory"),
+    ("out inside a checkpoint", "sqlm", ["--out", "{run}/checkpoint/sub"], None, "is inside the model directory"),
+    ("out is the model", "sqlm", ["--model", "{file}", "--out", "{file}", "--resume"], model_copy,
+     "is a model directory"),
+    ("out holds a model", "sqlm", ["--out", "{file}"], lambda tmp, run: holds_a_model(tmp), "holds checkpoint/ but"),
+    ("resume without checkpoint", "sqlm", ["--out", "{run}", "--resume", "--steps", "3"],
+     lambda tmp, run: shutil.rmtree(run / "checkpoint"), "found no checkpoint"),
+    ("config not an object", "sqlm", ["--out", "{run}", "--resume", "--steps", "3"],
+     lambda tmp, run: write(run / "config.json", "[1]"), "config.json' is damaged"),
+    ("checkpoint step -5", "sqlm", ["--out", "{run}", "--resume", "--steps", "3"],
+     lambda tmp, run: change_trainer_state(run, step=-5), "step -5 is not"),
+    ("checkpoint that runs code", "sqlm", ["--out", "{run}", "--resume", "--steps", "3"],
+     lambda tmp, run: change_trainer_state(run, best_validation=RunsCode(tmp / "code_ran")), "never run as code"),
+    ("truncated weights", "sqlm", ["--model", "{file}"],
+     lambda tmp, run: model_copy(tmp, run, lambda path: write(path, path.read_bytes()[:1000])), "could not load"),
+    ("weights of another shape", "evaluate", ["--model", "{file}"],
+     lambda tmp, run: model_copy(tmp, run, reshape_first_weight), "other shapes than its config.json"),
+    ("validation data a named pipe", "sqlm", ["--eval-every", "1", "--validation-data", "{file}"],
+     lambda tmp, run: named_pipe(tmp), "not a regular file"),
+    ("data a named pipe", "evaluate", ["--data", "{file}"], lambda tmp, run: named_pipe(tmp), "not a regular file"),
+    ("data answer too long", "evaluate", ["--data", "{file}"],
+     lambda tmp, run: write(tmp / "d.jsonl", '{"question": "q", "answer": 1' + "0" * 5000 + "}\n"),
+     "a number longer than Python reads"),
+    ("bench batch 0", "bench", ["--batch", "0"], None, "--batch must be at least 1"),
+    ("bench new tokens -1", "bench", ["--new-tokens", "-1"], None, "--new-tokens must be at least 1"),
+    ("bench device tpu", "bench", ["--device", "tpu"], None, "usage"),
+    ("tiny unknown recipe", "tiny", ["hard"], None, "usage"),
+    ("demo out under a file", "demo", ["--out", "{file}/sub"], lambda tmp, run: write(tmp / "f", "x"), "cannot write"),
 ]
 
 
@@ -114,6 +196,10 @@ def command_line(command, args, tiny_dir, out):
         return evaluate.main, ["--task", task, "--model", str(tiny_dir), "--device", "cpu", *args]
     if command == "demo-styles":
         return demo.main, ["styles", *args]
+    if command == "bench":
+        return bench.main, ["--model", str(tiny_dir), "--device", "cpu", *args]
+    if command == "tiny":
+        return tiny.main, args
     return demo.main, ["--out", str(out), *args]
 
 
@@ -122,6 +208,13 @@ def test_bad_input_is_one_sentence_and_changes_nothing(name, command, args, setu
                                                        finished_run, tmp_path, capsys, monkeypatch, small_cache):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a hub that refuses at once, on this machine only
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.chdir(tmp_path)  # so that a run written into the current directory would show in the snapshot
+
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the bad input was refused")
+
+    monkeypatch.setattr(tiny, "load_or_build_tiny_base", work)  # the demo's minutes of building and measuring
+    monkeypatch.setattr(demo, "heldout_correct", work)
     run = tmp_path / "existing"
     shutil.copytree(finished_run, run)
     made = setup(tmp_path, run) if setup else None
@@ -161,3 +254,26 @@ def test_the_command_line_exits_non_zero_with_one_line(tiny_dir, tmp_path):
                                 timeout=120)
         assert result.returncode == 1 and result.stderr.strip().count("\n") == 0, result.stderr
         assert result.stderr.startswith("error: ")
+
+
+def test_bounds_and_help_that_used_to_fail(capsys):
+    """evaluate.py's --max-new-tokens has sqlm.py's bound; `tiny.py --help` prints its usage (it was a KeyError)."""
+    field = next(f for f in dataclasses.fields(sqlm.Config) if f.name == "max_new_tokens")
+    assert evaluate.MAX_NEW_TOKENS == field.metadata["maximum"]
+    with pytest.raises(SystemExit) as error:
+        tiny.main(["--help"])
+    assert error.value.code == 0 and capsys.readouterr().out.startswith("usage: ")
+
+
+def test_an_unreadable_weights_file_is_named_as_unreadable(tiny_dir, tmp_path):
+    """The library reports a weights file it may not read as missing ("No such file or directory")."""
+    if os.geteuid() == 0 and not shutil.which("setpriv"):
+        pytest.skip("root reads any file, and setpriv (to drop that power) is not installed")
+    model = shutil.copytree(tiny_dir, tmp_path / "model")
+    (model / "model.safetensors").chmod(0)
+    as_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([*as_user, sys.executable, os.path.join(root, "evaluate.py"), "--task", "multiplication",
+                             "--model", str(model), "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert result.stderr.startswith("error: cannot read") and "(Permission denied)" in result.stderr

@@ -3,8 +3,10 @@ that writes result.json and metrics.jsonl from its --seed and flags), so no mode
 
 import json
 import math
+import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -138,7 +140,7 @@ def test_report_table_rows_marks_and_units():
 # ----- the runner, on a fake run command ----------------------------------------------------------------------
 
 FAKE_DEMO = textwrap.dedent("""
-    import argparse, json, os, sys
+    import argparse, json, os, sys, time
     from pathlib import Path
 
     parser = argparse.ArgumentParser()
@@ -148,6 +150,7 @@ FAKE_DEMO = textwrap.dedent("""
     parser.add_argument("--fail-with", type=int, default=0)
     parser.add_argument("--log")
     parser.add_argument("--threads-log")
+    parser.add_argument("--hold", help="once the run directory exists, wait until this file does (at most 60 s)")
     args = parser.parse_args()
     with open(args.log, "a") as log:
         log.write(Path(args.out).name + "\\n")
@@ -158,6 +161,9 @@ FAKE_DEMO = textwrap.dedent("""
         sys.exit(args.fail_with)
     out = Path(args.out)
     out.mkdir(parents=True)  # like the demo: refuses an existing run directory
+    deadline = time.time() + 60
+    while args.hold and not os.path.exists(args.hold) and time.time() < deadline:
+        time.sleep(0.05)
     rows = [{"step": s, "in_band": 0.1 * args.seed + 0.01 * s} for s in range(6)]
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in rows))
     after = 0.70 + 0.01 * args.seed + args.bonus
@@ -320,6 +326,45 @@ def test_an_arm_whose_flags_changed_is_refused_on_resume(fake, capsys):
     assert sweep.main(args) == 2
     assert "give the new setting a new arm name" in capsys.readouterr().err
     assert len(calls()) == 4
+
+
+def test_a_second_sweep_on_the_same_out_is_refused_while_the_first_runs(fake, capsys):
+    """The first sweep (2 jobs) holds --out while its runs run. A second sweep on the same --out would take those
+    runs for half-done ones and delete them; it is refused in one sentence, and the first one finishes."""
+    sweep_args, calls, out = fake
+    release = out.parent / "release"
+    first_args = sweep_args("--jobs", "2")
+    first_args[first_args.index("--command") + 1] += f" --hold {release}"  # its runs wait, directories made
+    first = subprocess.Popen([sys.executable, str(sweep.HERE / "sweep.py"), *first_args], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not ((out / "base-s0").exists() and (out / "plus-s0").exists()):
+            assert time.time() < deadline and first.poll() is None
+            time.sleep(0.05)
+        assert sweep.main(sweep_args()) == 2  # the same sweep, whose runs would not wait
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and "another sweep is running" in error and error.count("\n") == 1
+        assert (out / "base-s0").exists() and (out / "plus-s0").exists() and sorted(calls()) == ["base-s0", "plus-s0"]
+    finally:
+        release.write_text("")
+        first.wait(timeout=60)
+    assert first.returncode == 0 and sorted(calls()) == ["base-s0", "base-s1", "plus-s0", "plus-s1"]
+
+
+def test_a_damaged_sweep_json_or_a_file_as_out_is_one_error(fake, capsys):
+    sweep_args, calls, out = fake
+    out.mkdir()
+    for damaged in ('{"arms": ', "[1]", '{"common_flags": []}'):
+        (out / "sweep.json").write_text(damaged)
+        for extra in ((), ("--dry-run",)):
+            assert sweep.main(sweep_args(*extra)) == 2
+            error = capsys.readouterr().err
+            assert error.startswith("error: ") and "sweep.json is damaged" in error and error.count("\n") == 1
+    (out.parent / "file").write_text("x")
+    args = sweep_args()
+    args[args.index("--out") + 1] = str(out.parent / "file")
+    assert sweep.main(args) == 2 and "is a file" in capsys.readouterr().err
+    assert calls() == [] and (out.parent / "file").read_text() == "x"
 
 
 def test_default_command_is_demo_py_next_to_sweep_py(tmp_path, monkeypatch):

@@ -299,7 +299,8 @@ def trace_lines(seed: int, setting: str) -> str:
     for record in shown:
         lines.append(f"   {record['question']!r}")
         lines += [f"     {text!r}" for text in record["completions"]]
-    lines.append("\n4. score (sqlm.score_questions, rewards.math_rewards): the majority answer stands in for the truth")
+    lines.append("\n4. score (sqlm.score_questions, rewards.math_rewards): "
+                 "the majority answer stands in for the truth")
     for record in shown:
         k = record["majority_count"]
         lines.append(f"   {record['question']!r}: answers {numbers(record['answers'], '{}')} -> majority "
@@ -322,7 +323,7 @@ def trace_lines(seed: int, setting: str) -> str:
     policy.train()
     update = sqlm.update_policy(config, policy, reference, optimizer, solver, device, then=proposer)
     in_loss = sum(e.in_loss for e in solver), sum(e.in_loss for e in proposer)
-    lines.append("\n6-8. update (sqlm.update_policy: completion_logprobs, grpo_token_loss, one AdamW step a mini-batch)")
+    lines.append("\n6-8. update (sqlm.update_policy: completion_logprobs, grpo_token_loss, AdamW)")
     lines.append(f"   in the loss: {in_loss[0]} of {len(solver)} answers, then {in_loss[1]} of {len(proposer)} "
                  f"proposals (invalid ones stay out), in mini-batches of at most {config.mini_batch_size}: "
                  f"{update['optimizer_steps']} optimizer steps")

@@ -8,7 +8,7 @@ import torch
 
 import sampler
 import sqlm
-from test_train import fake_proposals
+from test_train import answers_from_real_samples, fake_proposals
 from tiny_model import FAMILIES, SUPPORTED, make_family_checkpoint
 
 REFUSED = [family for family in FAMILIES if family not in SUPPORTED]
@@ -80,6 +80,7 @@ def test_qwen3_prompts_are_non_thinking(family_dirs):
 def test_qwen3_trains_end_to_end(family_dirs, tmp_path, monkeypatch):
     tokenizer = sampler.load_model(str(family_dirs["qwen3"]), torch.device("cpu"))[1]
     fake_proposals(monkeypatch, tokenizer, ["12 * 34", "5 * 6"])  # the solver samples for real
+    answers_from_real_samples(monkeypatch, tokenizer)  # ... and its answers differ, so there is something to learn
     out = tmp_path / "run"
     sqlm.main([str(a) for a in ["--model", family_dirs["qwen3"], "--steps", 2, "--out", out, "--device", "cpu",
                                 "--batch-size", "2", "--num-generations", "2", "--max-new-tokens", "8",

@@ -107,3 +107,17 @@ def test_readme_trace_is_the_command_output():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     block = readme.split("<!-- trace:begin -->\n```text\n", 1)[1].split("\n```\n<!-- trace:end -->", 1)[0]
     assert demo.trace(seed=0) == block
+
+
+@pytest.mark.skipif(not (LADDER_BASE / "config.json").exists(),
+                    reason="the ladder demo model is not built (python tiny.py ladder; .ci/run builds it)")
+def test_the_cpu_demo_never_warns_that_it_cannot_learn(tmp_path, capsys):
+    """The demo's model writes the answer format and splits its votes: every step has solver groups with signal,
+    so the no-signal warning stays silent (3 steps of the ladder demo's own flags)."""
+    out = tmp_path / "run"
+    demo.sqlm.main(["--model", str(LADDER_BASE), "--out", str(out), *demo.DEMO_FLAGS, *demo.SETTING_FLAGS["ladder"],
+                    "--steps", "3", "--eval-every", "0"])
+    printed = capsys.readouterr()
+    assert "warning:" not in printed.out + printed.err
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3 and all(m["solver_groups_with_signal"] > 0 for m in metrics)

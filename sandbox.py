@@ -87,8 +87,6 @@ _UNSHARE_FLAGS = ["--user", "--map-root-user", "--pid", "--fork", "--kill-child"
                   "--net", "--mount", "--mount-proc", "--ipc"]
 
 _LIBC = ctypes.CDLL(None, use_errno=True)   # loaded now: dlopen in a freshly forked child can deadlock
-# Where the Python runtime lives (for a virtualenv: it and its base), read-only in the program's root.
-_RUNTIME_PREFIXES = sorted({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix})
 _PR_SET_PDEATHSIG = 1
 
 # The code that runs in the process we start, in the interpreter that then runs the program (one interpreter start
@@ -96,7 +94,7 @@ _PR_SET_PDEATHSIG = 1
 # imports. It becomes the program's parent, a tiny init: it sets up the isolation, forks the program, waits for it,
 # and writes its exit status to a file we read (as PID 1 it could not die of the program's signal to pass it on).
 _INIT_CODE = r'''
-import ctypes, gc, os, runpy, signal, site, sys
+import ctypes, gc, os, runpy, signal, sys
 
 libc = ctypes.CDLL(None, use_errno=True)
 MS_NOSUID, MS_NODEV, MS_BIND, MS_MOVE, MS_REC = 2, 4, 4096, 8192, 16384
@@ -171,11 +169,11 @@ def limit_namespaces(write_bytes):
     write("/proc/sys/kernel/msgmni", "16")           # queues of at most 16 KiB each (msgmnb)
 
 
-def runtime_dirs(prefixes):
+def runtime_dirs():
     """The directories the program may see: the interpreter's prefixes, and the directories of the files it has
     mapped (its shared libraries), as real paths. A library of the OS brings the OS's whole tree (/usr, or /lib on
     a system without merged /usr): other libraries load from there later, and programs like `sleep` live there."""
-    dirs = set(prefixes)
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}      # a virtualenv, and its base
     with open("/proc/self/maps") as maps:
         for line in maps:                            # address, permissions, offset, device, inode, path
             fields = line.split(maxsplit=5)
@@ -184,16 +182,16 @@ def runtime_dirs(prefixes):
     dirs = {os.path.realpath(path) for path in dirs if os.path.isdir(path)}
     dirs = {next((top for top in OS_DIRS if path == top or path.startswith(top + "/")), path) for path in dirs}
     if "/" in dirs:
-        raise OSError(f"a runtime directory is the host's root ({prefixes=})")
+        raise OSError(f"a runtime directory is the host's root ({sys.prefix=})")
     return sorted(path for path in dirs if not any(path.startswith(other + "/") for other in dirs))
 
 
-def build_root(prefixes, write_bytes, write_files):
+def build_root(write_bytes, write_files):
     # The new root lives in memory and holds nothing but mount points: the runtime's directories (read-only, at
     # their real paths, wherever they live), the host's top-level symlinks (/lib -> usr/lib, ...), our /proc, a
     # minimal /dev and the program's size-capped /tmp. Host files (/root, /home, /etc, /var...) and sockets are
     # simply not there. The runtime is opened first: it may live under /tmp, which the new root covers.
-    sources = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in runtime_dirs(prefixes)}
+    sources = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in runtime_dirs()}
     links = {name: os.readlink("/" + name) for name in os.listdir("/") if os.path.islink("/" + name)}
     mount_tmpfs(NEW_ROOT, "size=64k,nr_inodes=128,mode=0755")
     for name in ("proc", "dev", "tmp"):
@@ -252,9 +250,9 @@ def drop_all_capabilities():
     check(libc.capset(ctypes.byref(CapHeader(CAPABILITY_VERSION_3, 0)), (CapData * 2)()), "capset")
 
 
-def set_up_namespaces(prefixes, workdir, write_bytes, write_files):
+def set_up_namespaces(workdir, write_bytes, write_files):
     limit_namespaces(write_bytes)
-    build_root(prefixes, write_bytes, write_files)
+    build_root(write_bytes, write_files)
     os.mkdir(workdir)
     drop_all_capabilities()
     # Not dumpable: the program (same uid, no capabilities either) cannot ptrace us or open our /proc/1/fd.
@@ -337,7 +335,6 @@ def become_the_program(code_fd):
     os.chdir(WORKDIR)
     with os.fdopen(code_fd, "rb") as source, open("program.py", "wb") as program:
         program.write(source.read())
-    site.main()                  # site-packages and .pth files, as at a normal start (-S kept them from the init)
     sys.argv = [PROGRAM]
     sys.excepthook = hide_setup_frames
     runpy.run_path(PROGRAM, run_name="__main__")
@@ -350,19 +347,17 @@ def hide_setup_frames(kind, value, traceback):
     sys.__excepthook__(kind, value.with_traceback(traceback), traceback)
 
 
-MODE, WORKDIR = sys.argv[1:3]
-TRAINER_PID, CODE_FD, STATUS_FD, WRITE_BYTES, WRITE_FILES = map(int, sys.argv[3:8])
-PREFIXES = sys.argv[8:]      # the trainer's sys.prefix and co.: with -S, ours would miss a virtualenv
+MODE, WORKDIR, *NUMBERS = sys.argv[1:]
+TRAINER_PID, CODE_FD, STATUS_FD, WRITE_BYTES, WRITE_FILES = map(int, NUMBERS)
 NAMESPACES = MODE == "namespaces"
 PROGRAM = os.path.join(WORKDIR, "program.py")
 try:
     if NAMESPACES:
-        set_up_namespaces(PREFIXES, WORKDIR, WRITE_BYTES, WRITE_FILES)
+        set_up_namespaces(WORKDIR, WRITE_BYTES, WRITE_FILES)
     else:
         set_up_limits_only(TRAINER_PID, WORKDIR)
     # Objects that exist now are never collected in the child: otherwise its collections, at the latest the one
     # at exit, would touch every page it shares with us, and copying them costs ~25 ms a run (copy-on-write).
-    # For the same reason we started with -S: the child imports site itself, into pages of its own.
     gc.freeze()
     program_pid = os.fork()
 except Exception as error:
@@ -532,8 +527,8 @@ def _execute(limits_only: bool, code: str, stdin: str, timeout: float, workdir: 
     with _spooled(code) as code_file, tempfile.TemporaryFile() as status_file, _spooled(stdin) as fin, \
             tempfile.TemporaryFile() as fout, tempfile.TemporaryFile() as ferr:
         fds = (code_file.fileno(), status_file.fileno())
-        init = [sys.executable, "-I", "-S", "-c", _INIT_CODE, "limits only" if limits_only else "namespaces", workdir,
-                *map(str, (os.getpid(), *fds, WRITE_LIMIT_BYTES, WRITE_LIMIT_FILES)), *_RUNTIME_PREFIXES]
+        init = [sys.executable, "-I", "-c", _INIT_CODE, "limits only" if limits_only else "namespaces", workdir,
+                *map(str, (os.getpid(), *fds, WRITE_LIMIT_BYTES, WRITE_LIMIT_FILES))]
         proc = subprocess.Popen(
             init if limits_only else [_UNSHARE, *_UNSHARE_FLAGS, *init],
             cwd="/", stdin=fin, stdout=fout, stderr=ferr, pass_fds=fds,

@@ -545,11 +545,13 @@ def _execute(limits_only: bool, code: str, stdin: str, timeout: float, workdir: 
         finally:
             _stop(proc, limits_only)          # before reading, so nothing writes any more
         status_file.seek(0)
-        reported = status_file.read()         # empty when the setup failed before the program started
+        # Empty when the setup failed before the program started. Without namespaces a program could write to
+        # the file through /proc/<init>/fd, so a report that is not a number is not trusted.
+        reported = status_file.read(32)
         return RunResult(
             stdout=_read_capped(fout),
             stderr=_read_capped(ferr),
-            returncode=None if timed_out else int(reported) if reported else proc.returncode,
+            returncode=None if timed_out else int(reported) if reported.lstrip(b"-").isdigit() else proc.returncode,
             timed_out=timed_out,
             output_truncated=os.fstat(fout.fileno()).st_size > MAX_OUTPUT_BYTES,
             seconds=time.monotonic() - start,

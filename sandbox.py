@@ -162,11 +162,14 @@ def limit_namespaces(write_bytes):
         pass                                         # older kernel: only the timeout bounds forks
     # SysV shared memory, semaphores and message queues are memory outside any address space, and the IPC
     # namespace's defaults allow terabytes. Shared memory gets the budget of the program's /tmp, the rest a token.
-    write("/proc/sys/kernel/shmmax", str(write_bytes))
-    write("/proc/sys/kernel/shmall", str(write_bytes // os.sysconf("SC_PAGE_SIZE")))
-    write("/proc/sys/kernel/shmmni", "16")
-    write("/proc/sys/kernel/sem", "250 1000 32 16")  # per array, in all, per semop call, arrays
-    write("/proc/sys/kernel/msgmni", "16")           # queues of at most 16 KiB each (msgmnb)
+    try:
+        write("/proc/sys/kernel/shmmax", str(write_bytes))
+        write("/proc/sys/kernel/shmall", str(write_bytes // os.sysconf("SC_PAGE_SIZE")))
+        write("/proc/sys/kernel/shmmni", "16")
+        write("/proc/sys/kernel/sem", "250 1000 32 16")  # per array, in all, per semop call, arrays
+        write("/proc/sys/kernel/msgmni", "16")           # queues of at most 16 KiB each (msgmnb)
+    except PermissionError:
+        pass             # older kernels keep these from the namespace's root: SysV IPC stays uncapped, as before
 
 
 def runtime_dirs():

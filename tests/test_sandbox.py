@@ -535,6 +535,10 @@ def test_sysv_ipc_memory_is_capped(namespaces):
             "arrays = sum(libc.semget(0, 32000, 0o1600) >= 0 for _ in range(100))\n"
             "queues = sum(libc.msgget(0, 0o1600) >= 0 for _ in range(100))\n"
             "print(held, arrays, queues)\n")
+    settable = subprocess.run([shutil.which("unshare") or "unshare", "--user", "--map-root-user", "--ipc", "sh", "-c",
+                               "echo 16 > /proc/sys/kernel/shmmni"], capture_output=True).returncode == 0
+    if not settable:
+        pytest.skip("this kernel keeps the IPC namespace's limits from its root: SysV IPC is not capped here")
     held, arrays, queues = map(int, run_program(code, timeout=5.0).stdout.split())
     assert held <= sandbox.WRITE_LIMIT_BYTES // 2**20          # MiB; before: 64 of 64
     assert arrays == 0                          # before: 100 arrays of 32000 (~170 MiB of kernel memory)

@@ -7,6 +7,7 @@ older sandbox.py, in one command whose output is the table the README quotes.
     python3 sandbox_report.py --speed-only --repeats 6
 
     git show a0d3c71:sandbox.py > /tmp/sandbox_before.py     # a0d3c71: the last commit before the namespaces
+    git show 76b26b7:sandbox.py > /tmp/sandbox_before.py     # 76b26b7: the last one before the minimal root
     python3 sandbox_report.py --against /tmp/sandbox_before.py --as-user nobody
 
 It prints markdown:
@@ -19,7 +20,9 @@ It prints markdown:
    set up here (e.g. a socket in /run without root) says "skipped": "contained" is printed only after a check.
    Everything a case leaves behind (processes, files) is removed afterwards. The time is the run's wall-clock
    time (RunResult.seconds); for the SIGKILLed trainer, the time from the kill until every process of the run is
-   gone. The last two cases are known gaps: the current sandbox.py does not contain them either.
+   gone. Cases named "limits only" run with the fallback forced ($SQLM_SANDBOX_LIMITS_ONLY, in every version).
+   Cases named "correct program" check that the sandbox does not change what a correct program does: "as
+   outside" or "differs from outside". The last case is a known gap: the current sandbox.py does not contain it.
 2. Programs per second: one fixed program against every test of data/coding_eval.jsonl through pass_fractions
    (one worker per core), plus single runs of print(1) one at a time, for each version and for the current one
    forced into its limits-only mode; all in this process, alternated, medians with min-max over --repeats.
@@ -31,6 +34,8 @@ ratios of interleaved medians are what to trust. With the defaults it takes abou
 
 import argparse
 import contextlib
+import dataclasses
+import glob
 import importlib.util
 import json
 import os
@@ -53,12 +58,16 @@ DEFAULT_SANDBOX = os.path.join(REPO, "sandbox.py")
 DEFAULT_DATA = os.path.join(REPO, "data", "coding_eval.jsonl")
 
 CONTAINED, NOT_CONTAINED, BOUNDED = "contained", "not contained", "bounded"
+AS_OUTSIDE, DIFFERS = "as outside", "differs from outside"     # for correct programs: does the sandbox change them?
 ERROR, SKIPPED = "error", "skipped"
 NO_ISOLATION = "limits only (this version has no isolation())"
 FORCED_LIMITS_ONLY = "limits only: forced by sandbox_report.py"
 
 RAN = "sqlm-report: the program got this far"    # printed by hostile programs whose success would be silent
 SECRET_NAME = "SQLM_REPORT_SECRET"                # planted in the trainer's environment
+LIMITS_ONLY = {"SQLM_SANDBOX_LIMITS_ONLY": "1"}   # a trainer environment that forces the fallback (old and new)
+REQUIRE_ISOLATION = {"SQLM_REQUIRE_ISOLATION": "1"}
+MEMORY_ASKED_MIB = 1024                           # what the memory hogs ask for, in 1 MiB pieces
 TRAINER_TIMEOUT = 60.0                            # far above any case; a trainer stuck longer is killed
 OUTLIVE_WAIT = 1.0                                # how long after a run we look for processes that outlived it
 FORK_ATTEMPTS = 500
@@ -212,7 +221,7 @@ def is_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/status") as f:
             return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):   # ESRCH while it exits
         return False
 
 
@@ -274,7 +283,7 @@ def case_kill_trainer(trainer: Trainer) -> Outcome:
     return Outcome(verdict, f"trainer exit status {run.status}, temp entries left: {left}", run.seconds)
 
 
-def leave_the_group(trainer: Trainer, leave: str) -> Outcome:
+def leave_the_group(trainer: Trainer, leave: str, env: dict | None = None) -> Outcome:
     """A child leaves the program's process group, and after the run writes a file and becomes a `sleep`."""
     marker, token = f"/tmp/sqlm_report_escape_{uuid.uuid4().hex}", unique_sleep_argument()
     code = textwrap.dedent(f"""
@@ -288,7 +297,7 @@ def leave_the_group(trainer: Trainer, leave: str) -> Outcome:
         print({RAN!r})
     """)
     try:
-        run = run_in_trainer(trainer, code)
+        run = run_in_trainer(trainer, code, env=env)
         time.sleep(OUTLIVE_WAIT)
         landed, survivors = os.path.exists(marker), len(pids_running(token))
     finally:
@@ -306,6 +315,10 @@ def case_setsid(trainer: Trainer) -> Outcome:
 
 def case_setpgid(trainer: Trainer) -> Outcome:
     return leave_the_group(trainer, "os.setpgid(0, 0)")
+
+
+def case_limits_only_setsid(trainer: Trainer) -> Outcome:
+    return leave_the_group(trainer, "os.setsid()", env=LIMITS_ONLY)
 
 
 def case_busy_children(trainer: Trainer) -> Outcome:
@@ -442,6 +455,93 @@ def case_unix_socket_in_var_tmp(trainer: Trainer) -> Outcome:
     return unix_socket_file(trainer, "/var/tmp")
 
 
+def held_outcome(run: TrainerRun, what: str) -> Outcome:
+    """A memory hog printed how many MiB it held: all it asked for, or fewer."""
+    if not run.stdout.strip().isdigit():
+        return did_not_run(run)
+    held = int(run.stdout)
+    verdict = NOT_CONTAINED if held >= MEMORY_ASKED_MIB else BOUNDED
+    return Outcome(verdict, f"held {held} of {MEMORY_ASKED_MIB} MiB of {what}", run.seconds)
+
+
+def case_memfd(trainer: Trainer) -> Outcome:
+    """memfds are memory without address space: the address-space cap does not see them."""
+    code = textwrap.dedent(f"""
+        import os
+        fds = []
+        try:
+            for _ in range({MEMORY_ASKED_MIB}):
+                fds.append(os.memfd_create('hog'))
+                os.write(fds[-1], b'x' * 2**20)
+        except OSError:
+            pass
+        print(len(fds))
+    """)
+    return held_outcome(run_in_trainer(trainer, code, timeout=5.0), "memfd")
+
+
+def case_sysv_shm(trainer: Trainer) -> Outcome:
+    """SysV shared memory segments outlive their attachment: each is touched, detached and kept."""
+    code = textwrap.dedent(f"""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.shmat.restype = ctypes.c_void_p
+        held = 0
+        while held < {MEMORY_ASKED_MIB}:
+            ident = libc.shmget(0, 2**20, 0o1600)            # IPC_PRIVATE, IPC_CREAT | 0600
+            address = libc.shmat(ident, None, 0) if ident >= 0 else None
+            if address in (None, 2**64 - 1):
+                break
+            ctypes.memset(address, 1, 2**20)
+            libc.shmdt(ctypes.c_void_p(address))
+            held += 1
+        print(held)
+    """)
+    return held_outcome(run_in_trainer(trainer, code, timeout=5.0), "SysV shm")
+
+
+def case_sysv_semaphores(trainer: Trainer) -> Outcome:
+    """100 arrays of 32000 SysV semaphores: ~170 MiB of kernel memory here, seen by no limit of the process."""
+    code = ("import ctypes\nlibc = ctypes.CDLL(None)\n"
+            "print(sum(libc.semget(0, 32000, 0o1600) >= 0 for _ in range(100)))\n")   # IPC_PRIVATE, IPC_CREAT | 0600
+    run = run_in_trainer(trainer, code, timeout=5.0)
+    if not run.stdout.strip().isdigit():
+        return did_not_run(run)
+    arrays = int(run.stdout)
+    verdict = NOT_CONTAINED if arrays == 100 else CONTAINED if arrays == 0 else BOUNDED
+    return Outcome(verdict, f"{arrays} of 100 arrays", run.seconds)
+
+
+def case_memory_in_children(trainer: Trainer) -> Outcome:
+    """16 children hold 48 MiB of memfd each: every limit is per process, so together they pass the 512 MiB cap."""
+    code = textwrap.dedent("""
+        import os, time
+        read_end, write_end = os.pipe()
+        for _ in range(16):
+            if os.fork() == 0:
+                fds = []
+                try:
+                    for _ in range(48):
+                        fds.append(os.memfd_create('hog'))
+                        os.write(fds[-1], b'x' * 2**20)
+                except OSError:
+                    pass
+                os.write(write_end, b'x' * len(fds))         # one byte per MiB held, then hold on
+                time.sleep(10)
+        os.close(write_end)
+        held, deadline = 0, time.monotonic() + 3
+        while held < 16 * 48 and time.monotonic() < deadline:
+            held += len(os.read(read_end, 1024))
+        print(held)
+    """)
+    run = run_in_trainer(trainer, code, timeout=5.0)
+    if not run.stdout.strip().isdigit():
+        return did_not_run(run)
+    held = int(run.stdout)
+    verdict = NOT_CONTAINED if held > 512 else BOUNDED
+    return Outcome(verdict, f"held {held} MiB in all", run.seconds)
+
+
 def case_read_file(trainer: Trainer) -> Outcome:
     secret = uuid.uuid4().hex
     path = f"/var/tmp/sqlm_report_secret_{uuid.uuid4().hex}"
@@ -512,7 +612,7 @@ def case_fork_count(trainer: Trainer) -> Outcome:
     return Outcome(BOUNDED, f"fork refused after {count}, none alive after the run", run.seconds)
 
 
-def case_trainer_sigkilled(trainer: Trainer) -> Outcome:
+def case_trainer_sigkilled(trainer: Trainer, env: dict | None = None) -> Outcome:
     """SIGKILL the trainer while its program and two `sleep`s (one in its own session) run."""
     token = unique_sleep_argument()
     code = textwrap.dedent(f"""
@@ -524,7 +624,8 @@ def case_trainer_sigkilled(trainer: Trainer) -> Outcome:
         time.sleep(30)
     """)
     with directory_of(trainer) as trainer_tmp:
-        process = start_trainer(trainer, code, timeout=TRAINER_TIMEOUT, env={"TMPDIR": trainer_tmp})
+        process = start_trainer(trainer, code, timeout=TRAINER_TIMEOUT,
+                                env={"TMPDIR": trainer_tmp, **(env or {})})
         tree = set()
         try:
             deadline = time.monotonic() + 10
@@ -555,6 +656,78 @@ def case_trainer_sigkilled(trainer: Trainer) -> Outcome:
     return Outcome(verdict, detail, seconds)
 
 
+def case_required_isolation(trainer: Trainer) -> Outcome:
+    """Limits only, with $SQLM_REQUIRE_ISOLATION: the program tries to plant a .pth file in a directory of the
+    trainer's user (standing for site-packages, where it would run at the next interpreter start)."""
+    with directory_of(trainer, parent="/var/tmp") as site_packages:
+        planted = os.path.join(site_packages, "sqlm_report_planted.pth")
+        code = f"open({planted!r}, 'w').write('import os')\nprint({RAN!r})\n"
+        run = run_in_trainer(trainer, code, env={**LIMITS_ONLY, **REQUIRE_ISOLATION})
+        landed = os.path.exists(planted)
+    if landed:
+        return Outcome(NOT_CONTAINED, "planted", run.seconds)
+    if run.result is None and "SQLM_REQUIRE_ISOLATION" in run.stderr:
+        return Outcome(CONTAINED, f"refused: {run.stderr.strip().splitlines()[-1].split(':')[0]}", None)
+    return did_not_run(run)
+
+
+# ---- correct programs: does the sandbox change what they do? --------------------------------------------
+
+def behaviour(run: TrainerRun, as_outside: bool, detail: str) -> Outcome:
+    if run.result is None:
+        return did_not_run(run)
+    return Outcome(AS_OUTSIDE if as_outside else DIFFERS, detail, run.seconds)
+
+
+def case_self_signal(trainer: Trainer) -> Outcome:
+    """Outside, a program that sends itself SIGTERM dies of it; as PID 1 of a namespace it would not."""
+    run = run_in_trainer(trainer, "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\nprint('survived')\n")
+    status = run.result and run.result["returncode"]
+    return behaviour(run, status == -signal.SIGTERM, f"exit status {status}")
+
+
+def case_exact_output(trainer: Trainer) -> Outcome:
+    run = run_in_trainer(trainer, "import sys\nsys.stdout.write('x' * 2**20)\n")
+    cut = run.result and run.result["output_truncated"]
+    return behaviour(run, run.result and not cut and run.stdout == "x" * 2**20,
+                     f"{len(run.stdout)} bytes back, {'marked cut' if cut else 'whole'}")
+
+
+def case_threads(trainer: Trainer) -> Outcome:
+    code = textwrap.dedent("""
+        import threading
+        done, started = threading.Event(), 0
+        try:
+            for _ in range(50):
+                threading.Thread(target=done.wait).start()
+                started += 1
+        finally:
+            done.set()
+            print(started)
+    """)
+    run = run_in_trainer(trainer, code, timeout=5.0)
+    started = run.stdout.strip()
+    return behaviour(run, started == "50", f"{started or '?'} of 50 started")
+
+
+def case_runtime_under_tmp(trainer: Trainer) -> Outcome:
+    """The trainer runs from a virtualenv under /tmp; the program imports a module installed only there."""
+    with directory_of(trainer, parent="/tmp") as folder:
+        venv = os.path.join(folder, "venv")
+        made = subprocess.run([*trainer.command, "-m", "venv", "--without-pip", venv], capture_output=True,
+                              text=True, cwd="/")
+        if made.returncode != 0:
+            return Outcome(SKIPPED, f"no virtualenv here: {(made.stderr.strip().splitlines() or ['?'])[-1]}", None)
+        site_packages = glob.glob(os.path.join(venv, "lib", "python*", "site-packages"))[0]
+        with open(os.path.join(site_packages, "sqlm_report_venv_only.py"), "w") as f:
+            f.write("WHERE = 'the venv'\n")
+        in_venv = dataclasses.replace(trainer, command=(*trainer.command[:-1], os.path.join(venv, "bin", "python")))
+        run = run_in_trainer(in_venv, "import sqlm_report_venv_only\nprint(sqlm_report_venv_only.WHERE)\n")
+    imported = run.stdout == "the venv\n"
+    lines = (run.result["stderr"] if run.result else "").strip().splitlines()
+    return behaviour(run, imported, "imported" if imported else (lines or ["?"])[-1][:60])
+
+
 HOSTILE_CASES = [
     ("reads the trainer's environment via /proc/<ppid>/environ", case_environ),
     ("os.kill(os.getppid(), SIGKILL)", case_kill_trainer),
@@ -563,14 +736,26 @@ HOSTILE_CASES = [
     ("keeps forking busy setsid() children (timeout 1 s)", case_busy_children),
     ("50 files of 1 MiB in /tmp", case_many_files),
     ("writes to /tmp, /var/tmp, /root and a dir of the trainer's user", case_write_outside),
+    ("reads a 0600 file of the trainer's user in /var/tmp", case_read_file),
     ("TCP connect to a listener on 127.0.0.1", case_tcp),
     ("connects to an abstract unix socket", case_abstract_unix),
     ("connects to a unix socket file in /run", case_unix_socket_in_run),
+    ("connects to a unix socket file in /var/tmp", case_unix_socket_in_var_tmp),
     ("opens /dev/kvm, loop0, console, vda, kmsg", case_devices),
     (f"forks {FORK_ATTEMPTS} children", case_fork_count),
+    (f"holds {MEMORY_ASKED_MIB} MiB in 1 MiB memfds", case_memfd),
+    (f"holds {MEMORY_ASKED_MIB} MiB in 1 MiB SysV shared memory segments", case_sysv_shm),
+    ("creates 100 arrays of 32000 SysV semaphores (kernel memory)", case_sysv_semaphores),
     ("trainer SIGKILLed mid-run (time: until all gone)", case_trainer_sigkilled),
-    ("known gap: connects to a unix socket file in /var/tmp", case_unix_socket_in_var_tmp),
-    ("known gap: reads a 0600 file of the trainer's user", case_read_file),
+    ("limits only: setsid() child writes a file 0.3 s after the run", case_limits_only_setsid),
+    ("limits only: trainer SIGKILLed mid-run (time: until all gone)",
+     lambda trainer: case_trainer_sigkilled(trainer, env=LIMITS_ONLY)),
+    ("limits only + $SQLM_REQUIRE_ISOLATION: plants a .pth file", case_required_isolation),
+    ("correct program: its runtime is a virtualenv under /tmp", case_runtime_under_tmp),
+    ("correct program: sends itself SIGTERM", case_self_signal),
+    ("correct program: prints exactly 1 MiB", case_exact_output),
+    ("correct program: starts 50 threads", case_threads),
+    ("known gap: 16 children hold 48 MiB of memfd each", case_memory_in_children),
 ]
 
 
@@ -672,7 +857,7 @@ def format_seconds(seconds: float | None) -> str:
 
 
 def format_outcome(outcome: Outcome) -> str:
-    verdict = f"**{outcome.verdict}**" if outcome.verdict == NOT_CONTAINED else outcome.verdict
+    verdict = f"**{outcome.verdict}**" if outcome.verdict in (NOT_CONTAINED, DIFFERS) else outcome.verdict
     return f"{verdict} ({outcome.detail})"
 
 

@@ -8,6 +8,7 @@ sandbox.isolation() reports the limits-only fallback; everything else runs in bo
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def _is_gone(pid: int, wait_seconds: float = 2.0) -> bool:
             with open(f"/proc/{pid}/status") as f:
                 if any(line.startswith("State:") and "Z" in line.split()[1] for line in f):
                     return True
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):   # ESRCH while it exits
             return True
         if time.monotonic() > deadline:
             return False
@@ -237,6 +238,74 @@ def test_files_are_written_only_in_a_temp_dir(both_modes, tmp_path, monkeypatch)
     assert not (tmp_path / "out.txt").exists()
 
 
+def test_leaving_the_process_group_does_not_outlive_the_run(both_modes):
+    marker = f"/tmp/sqlm_escape_{uuid.uuid4().hex}"      # the host's /tmp: writable for us
+    token = unique_sleep_argument()
+    code = (
+        "import os, time\n"
+        "for leave in (os.setsid, lambda: os.setpgid(0, 0)):\n"
+        "    if os.fork() == 0:\n"
+        "        leave()\n"
+        "        time.sleep(0.3)\n"                  # the run is over by now
+        f"        open('{marker}', 'a').write('escaped')\n"
+        f"        os.execvp('sleep', ['sleep', '{token}'])\n"
+        "print('parent done')\n"
+    )
+    try:
+        result = run_program(code)
+        assert result.stdout == "parent done\n"
+        time.sleep(0.6)
+        assert not os.path.exists(marker)
+        assert _none_running(token)
+    finally:
+        if os.path.exists(marker):
+            os.remove(marker)
+
+
+def test_busy_children_die_with_the_run(both_modes):
+    token = unique_sleep_argument()
+    code = (
+        "import os, sys, time\n"
+        "while True:\n"                              # keep forking busy children that leave the group
+        "    if os.fork() == 0:\n"
+        "        os.setsid()\n"
+        f"        os.execv(sys.executable, [sys.executable, '-c', 'while True: pass', '{token}'])\n"
+        "    time.sleep(0.1)\n"
+    )
+    result = run_program(code, timeout=1.0)
+    assert result.timed_out is True
+    assert _none_running(token)
+
+
+@pytest.mark.parametrize("trainer_env", [{}, {sandbox.LIMITS_ONLY_ENV: "1"}], ids=["default", "limits only"])
+def test_sigkilled_trainer_leaves_no_process_or_temp_dir(tmp_path, trainer_env):
+    """With namespaces the kernel ends the run; without, the supervisor gets SIGTERM at the trainer's death."""
+    token = unique_sleep_argument()
+    code = (
+        "import os, subprocess, time\n"
+        f"subprocess.Popen(['sleep', '{token}'])\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        f"    os.execvp('sleep', ['sleep', '{token}'])\n"
+        "time.sleep(30)\n"
+    )
+    trainer_tmp = tmp_path / "trainer_tmp"                   # where the trainer's temp files go
+    trainer_tmp.mkdir()
+    trainer = _start_trainer(code, timeout=60, env={"TMPDIR": str(trainer_tmp), **trainer_env})
+    try:
+        deadline = time.monotonic() + 10
+        while len(pids_running(token)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tree = _descendants(trainer.pid)                     # (unshare,) the init, the program, children
+        assert len(pids_running(token)) == 2 and len(tree) >= 3
+    finally:
+        trainer.kill()
+        trainer.communicate()
+    assert [pid for pid in tree if not _is_gone(pid)] == []
+    assert _none_running(token)
+    assert list(trainer_tmp.iterdir()) == []
+
+
 def test_environment_secrets_are_not_inherited(both_modes, monkeypatch):
     monkeypatch.setenv("SQLM_SECRET", "x")
     result = run_program("import os\nprint(os.environ.get('SQLM_SECRET'))")
@@ -262,6 +331,73 @@ def test_falls_back_when_namespaces_do_not_work(monkeypatch, capsys, unshare, re
     assert capsys.readouterr().err.count("WARNING sandbox.py: limits only") == 1
 
 
+# ---- memory outside the address space, correct programs as outside: both modes ------------
+
+def test_memfd_memory_is_capped_by_the_open_file_limit(both_modes):
+    """memfds are memory, not address space: each holds at most a file's size (RLIMIT_FSIZE), and only while an
+    open file refers to it (RLIMIT_NOFILE), so one process holds at most ~OPEN_FILES_LIMIT MiB this way."""
+    code = ("import os\n"
+            "fds = []\n"
+            "try:\n"
+            "    for _ in range(256):\n"
+            "        fds.append(os.memfd_create('hog'))\n"
+            "        os.write(fds[-1], b'x' * 2**20)\n"
+            "except OSError:\n"
+            "    pass\n"
+            "print(len(fds))\n")
+    result = run_program(code, timeout=5.0)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) <= 64             # MiB held, 64 = sandbox.OPEN_FILES_LIMIT; before: 256 of 256
+
+
+def test_exactly_one_mib_of_output_passes(both_modes):
+    exact = "import sys\nsys.stdout.write('x' * 2**20)\n"
+    assert pass_fraction(exact, [("", "x" * 2**20)]) == 1.0                  # before: 0.0, "truncated"
+    result = run_program(exact.replace("2**20", "(2**20 + 1)"))
+    assert result.output_truncated is True and len(result.stdout) == sandbox.MAX_OUTPUT_BYTES
+
+
+def test_fifty_threads_start(both_modes):
+    code = ("import threading\n"
+            "done = threading.Event()\n"
+            "threads = [threading.Thread(target=done.wait) for _ in range(50)]\n"
+            "for thread in threads:\n"
+            "    thread.start()\n"
+            "print(threading.active_count() - 1)\n"
+            "done.set()\n")
+    result = run_program(code, timeout=5.0)
+    assert (result.returncode, result.stdout) == (0, "50\n"), result.stderr[-300:]
+
+
+@pytest.mark.parametrize("send, number", [("os.kill(os.getpid(), signal.SIGTERM)", signal.SIGTERM),
+                                          ("signal.alarm(1)\ntime.sleep(3)", signal.SIGALRM)])
+def test_a_signal_sent_to_itself_kills_the_program(both_modes, send, number):
+    """As outside: our init is PID 1, not the program, so the kernel does not shield it from its own signals."""
+    result = run_program(f"import os, signal, time\n{send}\nprint('survived')\n", timeout=5.0)
+    assert (result.returncode, result.stdout) == (-number, "")
+
+
+# ---- requiring isolation -----------------------------------------------------
+
+def test_required_isolation_refuses_the_limits_only_mode(monkeypatch, tmp_path):
+    """With $SQLM_REQUIRE_ISOLATION the program never runs without namespaces: it cannot, e.g., plant a .pth
+    file in site-packages (a stand-in dir here) that would run at the next interpreter start."""
+    monkeypatch.setenv(sandbox.LIMITS_ONLY_ENV, "1")
+    monkeypatch.setenv("SQLM_REQUIRE_ISOLATION", "1")
+    monkeypatch.setattr(sandbox, "_isolation_mode", None)
+    planted = tmp_path / "sqlm_planted.pth"
+    with pytest.raises(RuntimeError, match="SQLM_REQUIRE_ISOLATION"):
+        run_program(f"open({str(planted)!r}, 'w').write('import os')\n")
+    with pytest.raises(RuntimeError, match="SQLM_REQUIRE_ISOLATION"):
+        sandbox.isolation()
+    assert not planted.exists()
+
+
+def test_required_isolation_runs_with_namespaces(namespaces, monkeypatch):
+    monkeypatch.setenv("SQLM_REQUIRE_ISOLATION", "1")
+    assert run_program(ADD_TWO, stdin="2 3\n").stdout == "5\n"
+
+
 # ---- hostile programs: namespaces only ---------------------------------------
 
 def test_cannot_read_the_trainers_environment(namespaces):
@@ -283,45 +419,6 @@ def test_cannot_kill_the_trainer(namespaces):
     code = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('after kill')\n"
     result = _finish_trainer(_start_trainer(code))       # asserts the trainer survived
     assert result["returncode"] == 0
-
-
-def test_leaving_the_process_group_does_not_outlive_the_run(namespaces):
-    marker = f"/tmp/sqlm_escape_{uuid.uuid4().hex}"      # the host's /tmp: writable for us
-    token = unique_sleep_argument()
-    code = (
-        "import os, time\n"
-        "for leave in (os.setsid, lambda: os.setpgid(0, 0)):\n"
-        "    if os.fork() == 0:\n"
-        "        leave()\n"
-        "        time.sleep(0.3)\n"                  # the run is over by now
-        f"        open('{marker}', 'a').write('escaped')\n"
-        f"        os.execvp('sleep', ['sleep', '{token}'])\n"
-        "print('parent done')\n"
-    )
-    try:
-        result = run_program(code)
-        assert result.stdout == "parent done\n"
-        time.sleep(0.6)
-        assert not os.path.exists(marker)
-        assert _none_running(token)
-    finally:
-        if os.path.exists(marker):
-            os.remove(marker)
-
-
-def test_busy_children_die_with_the_run(namespaces):
-    token = unique_sleep_argument()
-    code = (
-        "import os, sys, time\n"
-        "while True:\n"                              # keep forking busy children that leave the group
-        "    if os.fork() == 0:\n"
-        "        os.setsid()\n"
-        f"        os.execv(sys.executable, [sys.executable, '-c', 'while True: pass', '{token}'])\n"
-        "    time.sleep(0.1)\n"
-    )
-    result = run_program(code, timeout=1.0)
-    assert result.timed_out is True
-    assert _none_running(token)
 
 
 def test_fork_bomb_stays_small(namespaces):
@@ -380,13 +477,13 @@ def test_writes_outside_the_working_directory_do_not_land(namespaces, tmp_path):
 
 def test_only_its_tmp_is_writable_and_dev_is_minimal(namespaces):
     code = ("import os\n"
-            "print(sorted(os.listdir('/dev')), os.listdir('/run'))\n"   # /run: the host's sockets
+            "print(sorted(os.listdir('/dev')), os.path.exists('/run'))\n"   # /run: the host's sockets
             "for line in open('/proc/self/mountinfo'):\n"
             "    print(*line.split()[4:6])\n")
     result = run_program(code)
     first, *mounts = result.stdout.splitlines()
     assert first == str(sorted(["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout",
-                                "urandom", "zero"])) + " []"
+                                "urandom", "zero"])) + " False"
     devices = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}
     for mount_point, options in (line.split() for line in mounts):
         flags = options.split(",")
@@ -420,31 +517,91 @@ def test_no_network(namespaces):
                 server.accept()                               # nobody knocked
 
 
-def test_sigkilled_trainer_leaves_no_process_or_temp_dir(namespaces, tmp_path):
-    token = unique_sleep_argument()
-    code = (
-        "import os, subprocess, time\n"
-        f"subprocess.Popen(['sleep', '{token}'])\n"
-        "if os.fork() == 0:\n"
-        "    os.setsid()\n"
-        f"    os.execvp('sleep', ['sleep', '{token}'])\n"
-        "time.sleep(30)\n"
-    )
-    trainer_tmp = tmp_path / "trainer_tmp"                   # where the trainer's temp files go
-    trainer_tmp.mkdir()
-    trainer = _start_trainer(code, timeout=60, env={"TMPDIR": str(trainer_tmp)})
+def test_sysv_ipc_memory_is_capped(namespaces):
+    """SysV shared memory, semaphores and message queues are memory outside any address space; their limits
+    live in the program's IPC namespace, where we lowered them."""
+    code = ("import ctypes\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "libc.shmat.restype = ctypes.c_void_p\n"
+            "held = 0\n"
+            "for _ in range(64):\n"                          # 1 MiB segments, detached once touched
+            "    ident = libc.shmget(0, 2**20, 0o1600)\n"     # IPC_PRIVATE, IPC_CREAT | 0600
+            "    address = libc.shmat(ident, None, 0) if ident >= 0 else None\n"
+            "    if address in (None, 2**64 - 1):\n"
+            "        break\n"
+            "    ctypes.memset(address, 1, 2**20)\n"
+            "    libc.shmdt(ctypes.c_void_p(address))\n"
+            "    held += 1\n"
+            "arrays = sum(libc.semget(0, 32000, 0o1600) >= 0 for _ in range(100))\n"
+            "queues = sum(libc.msgget(0, 0o1600) >= 0 for _ in range(100))\n"
+            "print(held, arrays, queues)\n")
+    settable = subprocess.run([shutil.which("unshare") or "unshare", "--user", "--map-root-user", "--ipc", "sh", "-c",
+                               "echo 16 > /proc/sys/kernel/shmmni"], capture_output=True).returncode == 0
+    if not settable:
+        pytest.skip("this kernel keeps the IPC namespace's limits from its root: SysV IPC is not capped here")
+    held, arrays, queues = map(int, run_program(code, timeout=5.0).stdout.split())
+    assert held <= sandbox.WRITE_LIMIT_BYTES // 2**20          # MiB; before: 64 of 64
+    assert arrays == 0                          # before: 100 arrays of 32000 (~170 MiB of kernel memory)
+    assert queues <= 16                                         # before: 100
+
+
+def test_host_files_are_not_in_its_root(namespaces):
+    """Only the runtime's directories, /proc, /dev and its /tmp are there: not /root, /home, /etc, /var..."""
+    secret = uuid.uuid4().hex
+    path = f"/var/tmp/sqlm_secret_{uuid.uuid4().hex}"          # outside /tmp, which was hidden before too
+    with open(path, "w") as f:
+        f.write(secret)
+    os.chmod(path, 0o600)
+    code = ("import os\n"
+            "print(*os.listdir('/'))\n"
+            f"for path in [{path!r}, '/etc/passwd', {os.path.join(REPO, 'sandbox.py')!r}]:\n"
+            "    try:\n"
+            "        print(open(path).read())\n"
+            "    except OSError as error:\n"
+            "        print(type(error).__name__)\n")
     try:
-        deadline = time.monotonic() + 10
-        while len(pids_running(token)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        tree = _descendants(trainer.pid)                     # unshare, the program, its children
-        assert len(pids_running(token)) == 2 and len(tree) >= 4
+        result = run_program(code)
     finally:
-        trainer.kill()
-        trainer.communicate()
-    assert [pid for pid in tree if not _is_gone(pid)] == []
-    assert _none_running(token)
-    assert list(trainer_tmp.iterdir()) == []
+        os.remove(path)
+    first, *reads = result.stdout.splitlines()
+    assert reads == ["FileNotFoundError"] * 3, result.stdout[:300]
+    runtime_tops = {path.split("/")[1] for path in (sys.prefix, sys.base_prefix, "/usr")}
+    host_links = {name for name in os.listdir("/") if os.path.islink("/" + name)}
+    assert set(first.split()) <= {"proc", "dev", "tmp"} | runtime_tops | host_links
+
+
+def test_unix_socket_files_outside_are_unreachable(namespaces):
+    path = f"/var/tmp/sqlm_{uuid.uuid4().hex}.sock"             # before: only /tmp and /run were hidden
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        try:
+            os.chmod(path, 0o666)
+            server.listen()
+            code = ("import socket\n"
+                    "with socket.socket(socket.AF_UNIX) as s:\n"
+                    "    try:\n"
+                    f"        s.connect({path!r})\n"
+                    "        print('connected')\n"
+                    "    except OSError as error:\n"
+                    "        print(type(error).__name__)\n")
+            assert run_program(code).stdout == "FileNotFoundError\n"
+            server.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                server.accept()                                 # nobody knocked
+        finally:
+            os.remove(path)
+
+
+def test_a_runtime_under_tmp_is_still_there(namespaces, tmp_path):
+    """A virtualenv under /tmp (tmp_path is there): its packages import inside too, though /tmp is covered."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    site_packages = next(venv.glob("lib/python*/site-packages"))
+    (site_packages / "sqlm_venv_only.py").write_text("WHERE = 'venv'\n")
+    code = "import sys, sqlm_venv_only\nprint(sqlm_venv_only.WHERE, sys.prefix)\n"
+    result = _finish_trainer(_start_trainer(code, prefix=(str(venv / "bin" / "python"),)))
+    assert result["isolation"] == sandbox.NAMESPACES
+    assert result["stdout"] == f"venv {venv}\n", result["stderr"][-300:]
 
 
 def test_unprivileged_trainer_gets_the_same_isolation(namespaces, monkeypatch):
@@ -465,7 +622,7 @@ def test_unprivileged_trainer_gets_the_same_isolation(namespaces, monkeypatch):
     try:
         result = _finish_trainer(_start_trainer(f"open('{target}', 'w')\n", prefix=(*as_nobody, python)))
         assert result["isolation"] == sandbox.NAMESPACES
-        assert "Read-only file system" in result["stderr"]
+        assert "No such file or directory" in result["stderr"]      # /var/tmp is not in its root
         assert not os.path.exists(target)
     finally:
         if os.path.exists(target):

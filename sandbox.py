@@ -390,8 +390,9 @@ class RunResult:
 
 # ---- which isolation this machine allows --------------------------------------------------------
 
-class SandboxUnavailable(RuntimeError):
-    """Namespaces are unavailable and $SQLM_REQUIRE_ISOLATION refuses the limits-only fallback."""
+class SandboxUnavailable(SystemExit):
+    """Namespaces are unavailable and $SQLM_REQUIRE_ISOLATION refuses the limits-only fallback. A SystemExit, so
+    a command line that meets it ends with its one sentence instead of a traceback (sqlm.py checks at start)."""
 
 
 _isolation_lock = threading.Lock()
@@ -411,7 +412,7 @@ def isolation() -> str:
                 _warn_limits_only(_isolation_mode)
         if _isolation_mode != NAMESPACES and os.environ.get(REQUIRE_ISOLATION_ENV):
             raise SandboxUnavailable(
-                f"sandbox.py: {_isolation_mode}, and ${REQUIRE_ISOLATION_ENV} refuses to run model-written code "
+                f"error: sandbox.py: {_isolation_mode}, and ${REQUIRE_ISOLATION_ENV} refuses to run model-written code "
                 "without namespaces: run where unprivileged user namespaces work (Linux >= 5.12, util-linux "
                 f"unshare, not blocked by AppArmor or a container profile), or unset ${REQUIRE_ISOLATION_ENV}.")
         return _isolation_mode

@@ -394,6 +394,8 @@ def build_question_pool(config: Config, model, tokenizer, stop_ids: list[int], p
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)  # bad flags and files are refused here, before any work
+    if config.task == "coding":  # how model-written programs are isolated: said (or refused) before any work
+        tqdm.write(f"sandbox: {sandbox.isolation()}")
     # Checkpoints are chosen on a validation set that never holds a test problem (evaluate.validation_problems).
     validation = evaluate.validation_problems(config.task, config.eval_limit, config.validation_data) \
         if config.eval_every else None
@@ -406,8 +408,6 @@ def main(argv: list[str] | None = None) -> None:
             gradient_checkpointing=config.gradient_checkpointing)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         stop_ids = sampler.stop_token_ids(policy, tokenizer)
-        if config.task == "coding":  # say how model-written programs are isolated (loudly, when only by limits)
-            tqdm.write(f"sandbox: {sandbox.isolation()}")
         budget = evaluate.max_new_tokens(config.task, policy, config.max_new_tokens)
         # Resuming restores all a run needs to go on exactly: optimizer moments, every RNG state, the counters.
         start_step, seen_ngrams, best_validation = rundir.restore(state, optimizer) if state else (0, set(), -1.0)

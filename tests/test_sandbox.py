@@ -18,6 +18,7 @@ import uuid
 import pytest
 
 import sandbox
+import sqlm
 from sandbox import pass_fraction, pass_fractions, run_program
 from sandbox_report import pids_running, unique_sleep_argument  # the report finds leftovers the same way
 
@@ -386,11 +387,15 @@ def test_required_isolation_refuses_the_limits_only_mode(monkeypatch, tmp_path):
     monkeypatch.setenv("SQLM_REQUIRE_ISOLATION", "1")
     monkeypatch.setattr(sandbox, "_isolation_mode", None)
     planted = tmp_path / "sqlm_planted.pth"
-    with pytest.raises(RuntimeError, match="SQLM_REQUIRE_ISOLATION"):
+    with pytest.raises(sandbox.SandboxUnavailable, match="SQLM_REQUIRE_ISOLATION"):
         run_program(f"open({str(planted)!r}, 'w').write('import os')\n")
-    with pytest.raises(RuntimeError, match="SQLM_REQUIRE_ISOLATION"):
+    with pytest.raises(sandbox.SandboxUnavailable, match="SQLM_REQUIRE_ISOLATION"):
         sandbox.isolation()
     assert not planted.exists()
+    # sqlm.py says so in one sentence before any work (no model loaded, no run directory made).
+    with pytest.raises(SystemExit, match="^error: .*SQLM_REQUIRE_ISOLATION") as refused:
+        sqlm.main(["--task", "coding", "--model", str(tmp_path / "never-loaded"), "--out", str(tmp_path / "run")])
+    assert "\n" not in str(refused.value) and not (tmp_path / "run").exists()
 
 
 def test_required_isolation_runs_with_namespaces(namespaces, monkeypatch):

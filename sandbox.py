@@ -412,8 +412,8 @@ def isolation() -> str:
                 _warn_limits_only(_isolation_mode)
         if _isolation_mode != NAMESPACES and os.environ.get(REQUIRE_ISOLATION_ENV):
             raise SandboxUnavailable(
-                f"error: sandbox.py: {_isolation_mode}, and ${REQUIRE_ISOLATION_ENV} refuses to run model-written code "
-                "without namespaces: run where unprivileged user namespaces work (Linux >= 5.12, util-linux "
+                f"error: sandbox.py: {_isolation_mode}, and ${REQUIRE_ISOLATION_ENV} refuses to run model-written "
+                "code without namespaces: run where unprivileged user namespaces work (Linux >= 5.12, util-linux "
                 f"unshare, not blocked by AppArmor or a container profile), or unset ${REQUIRE_ISOLATION_ENV}.")
         return _isolation_mode
 

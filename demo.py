@@ -36,6 +36,7 @@ import rewards
 import rundir
 import sampler
 import sqlm
+import tasks
 import tiny
 
 # 30 steps of 8 prompts x 8 proposals (64 questions, 512 answers a step); --samples-per-step 0 logs every
@@ -61,13 +62,13 @@ def load(model_dir: str):
 
 def heldout(base_dir: Path) -> list[dict]:
     """The base's held-out problems (base_dir/test.jsonl), which its directory ships."""
-    return evaluate.load_problems("multiplication", data=str(base_dir / "test.jsonl"))
+    return tasks.load_problems("multiplication", data=str(base_dir / "test.jsonl"))
 
 
 def heldout_correct(model_dir: str, problems: list[dict]) -> list[bool]:
     """Greedy right/wrong on each problem, through our sampler."""
     model, tokenizer, stop_ids = load(model_dir)
-    budget = evaluate.max_new_tokens("multiplication", model)
+    budget = tasks.max_new_tokens("multiplication", model)
     return evaluate.score(model, tokenizer, "multiplication", problems, stop_ids, budget)["is_correct"]
 
 
@@ -136,10 +137,10 @@ def base_report(votes: int = 8, temperature: float = 1.0, seed: int = 0, setting
     base = tiny.load_or_build_tiny_base(recipe=tiny.RECIPES[setting])
     model, tokenizer, stop_ids = load(str(base))
     problems = heldout(base)
-    budget = evaluate.max_new_tokens("multiplication", model)
+    budget = tasks.max_new_tokens("multiplication", model)
     greedy = evaluate.score(model, tokenizer, "multiplication", problems, stop_ids, budget)["is_correct"]
     torch.manual_seed(seed)  # the samples below are then reproducible
-    prompts = [sampler.chat_prompt_ids(tokenizer, evaluate.solver_prompt("multiplication", p["question"]))
+    prompts = [sampler.chat_prompt_ids(tokenizer, tasks.solver_prompt("multiplication", p["question"]))
                for p in problems]
     pad = sampler.pad_token_id(tokenizer, stop_ids)
     sampled = sampler.sample_in_chunks(model, [p for p in prompts for _ in range(votes)], budget, temperature,

@@ -5,9 +5,8 @@ answers it num_generations times. No labels: for math the majority answer stands
 the proposer's own unit tests judge the solver's program. The proposer is paid for questions that are
 neither too easy nor too hard. Both roles are trained with a hand-written GRPO update.
 
-Read top to bottom, in the order a step happens; the numbers are the README's walkthrough: config, 1 propose,
-2 parse, 3 solve, 4 score, 5 advantages (rollout runs 1-5), 6 log-probs, 7 loss, 8 update, 9 one training step
-(train_step), 10 main: log and save. The machinery (sampler, sandbox, run directory, ...) is in the files it imports.
+Read it top to bottom, in the order a step happens, numbered as the README's walkthrough: config, 1 propose,
+2 parse, 3 solve, 4 score, 5 advantages (rollout: 1-5), 6 log-probs, 7 loss, 8 update, 9 train_step, 10 main.
 
     python sqlm.py --task multiplication        # python sqlm.py --help explains every flag
 """
@@ -30,12 +29,13 @@ import rewards
 import rundir
 import sampler
 import sandbox
+import tasks
 from flags import option  # a dataclass field plus what --help shows of it: meaning, default, choices, range
 
 # ============================================================================ config
 @dataclasses.dataclass
 class Config:
-    task: str = option("multiplication", "the self-play task", choices=evaluate.TASKS)
+    task: str = option("multiplication", "the self-play task", choices=tasks.TASKS)
     model: str = option("Qwen/Qwen2.5-0.5B-Instruct", "hub name or local directory; also the frozen KL reference")
     out: str = option("runs/sqlm", "run directory: config.json, metrics.jsonl, samples.jsonl, checkpoint/")
     resume: bool = option(False, "continue the run in --out from its last checkpoint")
@@ -115,7 +115,7 @@ class Episode:
 
 def sample_completions(config: Config, model, tokenizer, stop_ids: list[int], prompts: list[list[int]]) -> list:
     """One completion per prompt (token ids, ending in the stop token if it stopped), at the run's temperature."""
-    budget = evaluate.max_new_tokens(config.task, model, config.max_new_tokens)
+    budget = tasks.max_new_tokens(config.task, model, config.max_new_tokens)
     return sampler.sample_in_chunks(model, prompts, budget, config.temperature, stop_ids,
                                     sampler.pad_token_id(tokenizer, stop_ids), config.rollout_batch_size,
                                     config.cuda_graph)
@@ -124,7 +124,7 @@ def sample_completions(config: Config, model, tokenizer, stop_ids: list[int], pr
 def propose(config: Config, model, tokenizer, stop_ids, step: int, pool: list | None) -> tuple[list[int], list]:
     """(topic prompt ids, B * N proposals): N proposals for each of B copies of the topic prompt, one GRPO group
     per copy. With a pre-generated pool (--question-pool) the step's proposals are the next slice of it."""
-    topic_ids = sampler.chat_prompt_ids(tokenizer, evaluate.read_prompt(f"{config.task}_proposer"))
+    topic_ids = sampler.chat_prompt_ids(tokenizer, tasks.read_prompt(f"{config.task}_proposer"))
     count = config.batch_size * config.num_generations
     if pool is None:
         return topic_ids, sample_completions(config, model, tokenizer, stop_ids, [topic_ids] * count)
@@ -144,8 +144,8 @@ def parse_proposal(task: str, tokenizer, completion: list[int], stop_ids: list[i
 def solve(config: Config, model, tokenizer, stop_ids: list[int], questions) -> tuple[list, list[list]]:
     """(solver prompt ids per question, N answers per question). A question that is invalid, or whose solver
     prompt is longer than --max-prompt-tokens (it becomes invalid too), gets prompt None and is never solved."""
-    system = evaluate.solver_system(config.task)  # coding only: the release's system turn
-    prompts = [sampler.chat_prompt_ids(tokenizer, evaluate.solver_prompt(config.task, q), system) if q else None
+    system = tasks.solver_system(config.task)  # coding only: the release's system turn
+    prompts = [sampler.chat_prompt_ids(tokenizer, tasks.solver_prompt(config.task, q), system) if q else None
                for q in questions]
     prompts = [ids if ids is not None and len(ids) <= config.max_prompt_tokens else None for ids in prompts]
     n, asked = config.num_generations, [ids for ids in prompts if ids is not None]
@@ -396,8 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)  # bad flags and files are refused here, before any work
     if config.task == "coding":  # how model-written programs are isolated: said (or refused) before any work
         tqdm.write(f"sandbox: {sandbox.isolation()}")
-    # Checkpoints are chosen on a validation set that never holds a test problem (evaluate.validation_problems).
-    validation = evaluate.validation_problems(config.task, config.eval_limit, config.validation_data) \
+    # Checkpoints are chosen on a validation set that never holds a test problem (tasks.validation_problems).
+    validation = tasks.validation_problems(config.task, config.eval_limit, config.validation_data) \
         if config.eval_every else None
     out, device = Path(config.out), evaluate.resolve_device(config.device)
     with rundir.claim(out, dataclasses.asdict(config), config.resume, RESUMABLE) as (checkpoint, state), \
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
             gradient_checkpointing=config.gradient_checkpointing)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         stop_ids = sampler.stop_token_ids(policy, tokenizer)
-        budget = evaluate.max_new_tokens(config.task, policy, config.max_new_tokens)
+        budget = tasks.max_new_tokens(config.task, policy, config.max_new_tokens)
         # Resuming restores all a run needs to go on exactly: optimizer moments, every RNG state, the counters.
         start_step, seen_ngrams, best_validation = rundir.restore(state, optimizer) if state else (0, set(), -1.0)
         validate = lambda: evaluate.score(  # noqa: E731

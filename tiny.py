@@ -29,8 +29,8 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-import evaluate  # the project's prompts, so pretraining sees exactly what self-play will
 import sampler  # the chat encoding and the cache directory
+import tasks  # the project's prompts, so pretraining sees exactly what self-play will
 
 TOKENIZER_CORPUS = Path(__file__).resolve().parent / "data" / "tiny_tokenizer_corpus"
 
@@ -334,12 +334,12 @@ def sample_training_problem(rng: random.Random, recipe: Recipe = UNIFORM, weight
 
 def proposer_prompt_text() -> str:
     """The user turn that asks for a multiplication question (the project's proposer prompt, verbatim)."""
-    return evaluate.read_prompt("multiplication_proposer")
+    return tasks.read_prompt("multiplication_proposer")
 
 
 def solver_prompt_text(question: str) -> str:
     """The user turn that asks for a solution (the project's math solver prompt with the question filled in)."""
-    return evaluate.solver_prompt("multiplication", question)
+    return tasks.solver_prompt("multiplication", question)
 
 
 def solver_completion(question: str, answer: int, worked: bool) -> str:

@@ -138,7 +138,7 @@ def test_solver_min_majority_keeps_weak_votes_out_of_the_loss(varied_dir, monkey
     scripted = {"5 * 6": ["<answer>30</answer>", "<answer>30</answer>"]}
 
     def sample_completions(config, model_, tokenizer_, stop_ids, prompts):
-        topic = sampler.chat_prompt_ids(tokenizer, sqlm.evaluate.read_prompt("multiplication_proposer"))
+        topic = sampler.chat_prompt_ids(tokenizer, sqlm.tasks.read_prompt("multiplication_proposer"))
         if prompts and prompts[0] == topic:
             return [tokenizer(QUESTIONS[i % 4])["input_ids"] + [stop] for i in range(len(prompts))]
         texts = []

@@ -19,6 +19,7 @@ import bench
 import demo
 import evaluate
 import sqlm
+import tasks
 import tiny
 from test_demo import small_cache  # noqa: F401 (a fixture: the demo's stand-in base)
 
@@ -259,7 +260,7 @@ def test_the_command_line_exits_non_zero_with_one_line(tiny_dir, tmp_path):
 def test_bounds_and_help_that_used_to_fail(capsys):
     """evaluate.py's --max-new-tokens has sqlm.py's bound; `tiny.py --help` prints its usage (it was a KeyError)."""
     field = next(f for f in dataclasses.fields(sqlm.Config) if f.name == "max_new_tokens")
-    assert evaluate.MAX_NEW_TOKENS == field.metadata["maximum"]
+    assert tasks.MAX_NEW_TOKENS == field.metadata["maximum"]
     with pytest.raises(SystemExit) as error:
         tiny.main(["--help"])
     assert error.value.code == 0 and capsys.readouterr().out.startswith("usage: ")

@@ -7,6 +7,7 @@ import pytest
 import evaluate
 import sampler
 import sqlm
+import tasks
 
 PROPOSAL = """Problem Description:
 Print the sum of the integers.
@@ -46,7 +47,7 @@ def scripted_sampling(monkeypatch, module, tokenizer, proposal: str, answers: li
     sandbox path is what these tests are about."""
     stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
     encode = lambda text: tokenizer(text)["input_ids"] + [stop]  # noqa: E731
-    topic = sampler.chat_prompt_ids(tokenizer, evaluate.read_prompt("coding_proposer"))
+    topic = sampler.chat_prompt_ids(tokenizer, tasks.read_prompt("coding_proposer"))
 
     def scripted(prompts):
         if prompts and prompts[0] == topic:
@@ -97,7 +98,7 @@ def test_coding_eval_is_strict_pass_at_1():
 def test_coding_data_file_is_accepted(tmp_path):
     data = tmp_path / "cf.jsonl"
     data.write_text(json.dumps({"problem": "p", "tests": [{"input": "1", "output": "1"}]}) + "\n")
-    assert evaluate.load_problems("coding", data=str(data))[0]["problem"] == "p"
+    assert tasks.load_problems("coding", data=str(data))[0]["problem"] == "p"
     data.write_text(json.dumps({"question": "p"}) + "\n")
     with pytest.raises(SystemExit, match="does not fit --task coding"):
-        evaluate.load_problems("coding", data=str(data))
+        tasks.load_problems("coding", data=str(data))

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import evaluate
 import sampler
+import tasks
 import tiny
 from tiny_model import make_tiny_checkpoint
 
@@ -178,7 +178,7 @@ def test_transcripts_use_the_project_prompts():
     completion = tiny.solver_completion("37 * 8", 296, worked=False)
     ids, labels = tiny.transcript_ids(tokenizer, tiny.solver_prompt_text("37 * 8"), completion)
     text = tokenizer.decode(ids)
-    solver_prompt = evaluate.read_prompt("math_solver").replace("{question}", "37 * 8")
+    solver_prompt = tasks.read_prompt("math_solver").replace("{question}", "37 * 8")
     assert text == f"<|im_start|>user\n{solver_prompt}<|im_end|>\n<|im_start|>assistant\n" + (
         "<think> 37 * 8 = 296 </think> <answer> 296 </answer><|im_end|>"
     )
@@ -189,7 +189,7 @@ def test_transcripts_use_the_project_prompts():
     assert ids[: len(tiny.solver_prefix_ids(tokenizer))] == tiny.solver_prefix_ids(tokenizer)
 
     proposer_ids, proposer_labels = tiny.transcript_ids(tokenizer, tiny.proposer_prompt_text(), "37 * 8")
-    proposer_prompt = evaluate.read_prompt("multiplication_proposer")
+    proposer_prompt = tasks.read_prompt("multiplication_proposer")
     expected = f"<|im_start|>user\n{proposer_prompt}<|im_end|>\n<|im_start|>assistant\n37 * 8<|im_end|>"
     assert tokenizer.decode(proposer_ids) == expected
 
@@ -229,8 +229,8 @@ def test_tiny_base_builds_saves_and_loads(tmp_path, monkeypatch):
     assert prompt == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"  # the base has no default system turn
     assert model.generation_config.eos_token_id == [tokenizer.eos_token_id, tokenizer.pad_token_id]
     # The response budget travels with the model: sqlm.py and evaluate.py use it unless told otherwise.
-    assert evaluate.max_new_tokens("multiplication", model) == tiny.MAX_NEW_TOKENS
-    assert evaluate.max_new_tokens("multiplication", model, requested=12) == 12
+    assert tasks.max_new_tokens("multiplication", model) == tiny.MAX_NEW_TOKENS
+    assert tasks.max_new_tokens("multiplication", model, requested=12) == 12
 
     # load_or_build reuses a finished build in the cache instead of training again, adds its data files, and
     # links `tiny` to it, so --model tiny loads it.
@@ -244,8 +244,8 @@ def test_tiny_base_builds_saves_and_loads(tmp_path, monkeypatch):
     (cached / "generation_config.json").write_text(json.dumps(config))
     assert tiny.load_or_build_tiny_base() == cached
     assert json.loads((cached / "generation_config.json").read_text())["max_new_tokens"] == tiny.MAX_NEW_TOKENS
-    test = evaluate.load_problems("multiplication", data=str(cached / "test.jsonl"))
-    validation = evaluate.load_problems("multiplication", data=str(cached / "validation.jsonl"))
+    test = tasks.load_problems("multiplication", data=str(cached / "test.jsonl"))
+    validation = tasks.load_problems("multiplication", data=str(cached / "validation.jsonl"))
     assert [(p["question"], int(p["answer"])) for p in test] == tiny.heldout_problems()
     assert len(validation) == 256 and not {p["question"] for p in test} & {p["question"] for p in validation}
     assert sampler.model_location("tiny") == str(tmp_path / "cache" / "tiny")

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-import evaluate
 import rundir
 import sampler
 import sqlm
+import tasks
 
 FAST = ["--batch-size", "2", "--num-generations", "2", "--max-new-tokens", "8", "--device", "cpu",
         "--mini-batch-size", "4"]
@@ -45,7 +45,7 @@ def fake_proposals(monkeypatch, tokenizer, texts):
     stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def sample_completions(config, model, tokenizer_, stop_ids, prompts):
-        topic = sampler.chat_prompt_ids(tokenizer, evaluate.read_prompt("multiplication_proposer"))
+        topic = sampler.chat_prompt_ids(tokenizer, tasks.read_prompt("multiplication_proposer"))
         if prompts and prompts[0] == topic:
             return [tokenizer(texts[i % len(texts)])["input_ids"] + [stop] for i in range(len(prompts))]
         return real_sample(config, model, tokenizer_, stop_ids, prompts)

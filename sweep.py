@@ -37,8 +37,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -538,6 +540,10 @@ def execute(runs: list[Run], jobs: int = 1) -> list[dict]:
     return failed
 
 
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args, common = parse_command_line(sys.argv[1:] if argv is None else argv)
     try:
@@ -559,14 +565,19 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     if not args.report_only:
         write_atomic(args.out / "sweep.json", json.dumps(manifest, indent=1) + "\n")
+        # A kill (SIGTERM) stops the sweep as Ctrl-C does, so that the runs it started stop with it.
+        previous = signal.signal(signal.SIGTERM, interrupt) if threading.current_thread() is threading.main_thread() \
+            else None
         try:
             failed = execute(runs, args.jobs)
         except KeyboardInterrupt:
-            print("\ninterrupted: the current run is half-done and will be redone when this command is run again",
+            print("\ninterrupted: the current runs are half-done and will be redone when this command is run again",
                   file=sys.stderr)
             return 130
         finally:
             lock.close()  # every run has ended: another sweep may use --out now
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     table = collect(runs, args.metric)
     report = build_report(table, metric_names(args.metric), baseline, args.ci)

@@ -8,7 +8,7 @@ import pytest
 import rewards
 import sampler
 import sqlm
-from test_train import FAST, fake_proposals, read_jsonl, run
+from test_train import FAST, answers_from_real_samples, fake_proposals, read_jsonl, run
 
 QUESTIONS = ["12 * 34", "5 * 6", "7 * 8", "9 * 10"]
 
@@ -174,3 +174,26 @@ def trained_weights(model, config, episodes):
     sqlm.update_policy(config, copy, None, sqlm.torch.optim.AdamW(copy.parameters(), lr=1e-2), episodes,
                        sqlm.torch.device("cpu"))
     return [round(value, 6) for value in sqlm.torch.cat([p.detach().flatten() for p in copy.parameters()]).tolist()]
+
+
+def test_a_frozen_proposer_is_not_changed_by_proposer_min_majority(varied_dir, tmp_path, monkeypatch):
+    """--proposer-min-majority changes only the proposer's reward, so with a frozen proposer the solver trains
+    exactly as without it (same weights, same solver numbers): the frozen arm of a proposer-only remedy is the
+    plain frozen arm (README, When does self-questioning pay?)."""
+    tokenizer = sampler.load_model(str(varied_dir), sqlm.torch.device("cpu"))[1]
+    runs = {}
+    for name, flags in (("plain", []), ("k3", ["--proposer-min-majority", "3"])):
+        fake_proposals(monkeypatch, tokenizer, QUESTIONS)
+        answers_from_real_samples(monkeypatch, tokenizer)
+        out = tmp_path / name
+        run(["--model", varied_dir, "--steps", 2, "--out", out, *FAST, "--num-generations", 4,
+             "--proposer-update-every", "never", "--lr", "1e-3", *flags])
+        monkeypatch.undo()
+        runs[name] = (read_jsonl(out / "metrics.jsonl"),
+                      sampler.load_model(str(out / "checkpoint"), sqlm.torch.device("cpu"))[0])
+    (plain, plain_model), (k3, k3_model) = runs["plain"], runs["k3"]
+    assert [m["solver_reward"] for m in plain] == [m["solver_reward"] for m in k3]
+    assert [m["loss"] for m in plain] == [m["loss"] for m in k3] and plain[0]["optimizer_steps"] > 0
+    assert any(a["proposer_reward"] != b["proposer_reward"] for a, b in zip(plain, k3))  # the flag did act
+    for a, b in zip(plain_model.parameters(), k3_model.parameters()):
+        assert sqlm.torch.equal(a, b)

@@ -3,6 +3,7 @@ that writes result.json and metrics.jsonl from its --seed and flags), so no mode
 
 import json
 import math
+import signal
 import subprocess
 import sys
 import textwrap
@@ -392,3 +393,24 @@ def test_last_third_of_any_per_step_metric():
                               ["pseudo_label_accuracy_last_third", "rung_3_share_last_third", "absent_last_third"])
     assert values == pytest.approx({"in_band_last_third": 0.5, "pseudo_label_accuracy_last_third": 0.45,
                                     "rung_3_share_last_third": 0.9})
+
+
+def test_a_killed_sweep_stops_its_runs(fake):
+    """SIGTERM to the sweep (a kill, a job scheduler) stops the runs it started, as Ctrl-C does: none of them goes
+    on to finish in the background, and the next sweep redoes them."""
+    sweep_args, calls, out = fake
+    release = out.parent / "release"
+    args = sweep_args("--jobs", "2")
+    args[args.index("--command") + 1] += f" --hold {release}"
+    first = subprocess.Popen([sys.executable, str(sweep.HERE / "sweep.py"), *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not ((out / "base-s0").exists() and (out / "plus-s0").exists()):
+        assert time.time() < deadline and first.poll() is None
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 130 and "interrupted" in first.stderr.read()
+    release.write_text("")  # a run still alive would now finish and write its result
+    time.sleep(2)
+    assert not (out / "base-s0" / "result.json").exists() and not (out / "plus-s0" / "result.json").exists()
+    assert sweep.main(sweep_args()) == 0 and calls().count("base-s0") == 2

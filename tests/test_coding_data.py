@@ -2,7 +2,7 @@
 
 import json
 
-from evaluate import CODING_EVAL_FILE as DATA_PATH
+from tasks import CODING_EVAL_FILE as DATA_PATH
 from sandbox import pass_fractions
 
 # One short reference solution per problem, keyed by line index in the file.

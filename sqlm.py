@@ -219,8 +219,8 @@ def rollout(config: Config, model, tokenizer, stop_ids: list[int], seen_ngrams: 
     proposer_rewards, solver_episodes, records = [0.0] * len(proposals), [], []
     for row, group, group_texts, scored in zip(valid_rows, groups, answer_texts, scores):
         proposer_rewards[row] = scored["proposer_reward"]
-        # --solver-min-majority: the answers to a weakly voted question stay out of the loss (math; code: all train).
-        strong = scored.get("majority_count", config.solver_min_majority) >= config.solver_min_majority
+        # --solver-min-majority: answers to a weakly voted question stay out of the loss (math only: K is 0 for code).
+        strong = scored.get("majority_count", 0) >= config.solver_min_majority
         solver_episodes += [Episode(prompts[row], ids, reward, in_loss=strong)
                             for ids, reward in zip(group, scored["solver_rewards"])]
         records.append(dict(question=questions[row], proposal=texts[row], completions=group_texts, **scored,

@@ -540,10 +540,6 @@ def execute(runs: list[Run], jobs: int = 1) -> list[dict]:
     return failed
 
 
-def interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args, common = parse_command_line(sys.argv[1:] if argv is None else argv)
     try:
@@ -566,8 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         write_atomic(args.out / "sweep.json", json.dumps(manifest, indent=1) + "\n")
         # A kill (SIGTERM) stops the sweep as Ctrl-C does, so that the runs it started stop with it.
-        previous = signal.signal(signal.SIGTERM, interrupt) if threading.current_thread() is threading.main_thread() \
-            else None
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler) \
+            if threading.current_thread() is threading.main_thread() else None
         try:
             failed = execute(runs, args.jobs)
         except KeyboardInterrupt:
